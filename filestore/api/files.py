@@ -1,0 +1,154 @@
+"""Handlers for ``/v1/files``: upload, download (with ranges), HEAD, DELETE.
+
+Handlers only translate HTTP to lifecycle calls and back; every rule about
+files lives in :mod:`filestore.lifecycle`.
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+from email.utils import formatdate
+
+from aiohttp import web
+
+from filestore import ids
+from filestore.api.context import principal, services
+from filestore.api.ranges import parse_range
+from filestore.api.uploads import open_body, parse_options
+from filestore.clock import rfc3339
+from filestore.errors import IntegrityError
+from filestore.lifecycle import FileInfo
+from filestore.metadata.base import DeleteReason, Role
+
+log = logging.getLogger("filestore.api")
+routes = web.RouteTableDef()
+
+
+def _file_json(request: web.Request, info: FileInfo) -> dict[str, object]:
+    path = f"/v1/files/{info.id_text}"
+    return {
+        "id": info.id_text,
+        "size": info.size,
+        "sha256": info.sha256,
+        "created_at": rfc3339(info.created_at),
+        "expires_at": rfc3339(info.expires_at),
+        "filename": info.filename,
+        "content_type": info.content_type,
+        "max_downloads": info.max_downloads,
+        "url": str(request.url.with_path(path).with_query(None)),
+    }
+
+
+def _content_disposition(filename: str | None) -> str:
+    """RFC 6266: an ASCII fallback plus ``filename*`` in UTF-8 for any name."""
+    if not filename:
+        return "attachment"
+    fallback = "".join(
+        c if 0x20 <= ord(c) < 0x7F and c not in '"\\%' else "_" for c in filename
+    )
+    encoded = urllib.parse.quote(filename, safe="")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
+
+
+def _file_headers(info: FileInfo) -> dict[str, str]:
+    return {
+        "ETag": f'"{info.id_text}"',
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": _content_disposition(info.filename),
+        "Expires": formatdate(info.expires_at, usegmt=True),
+        "X-Expires-At": rfc3339(info.expires_at),
+        "X-Checksum-SHA256": info.sha256,
+        "Last-Modified": formatdate(info.created_at, usegmt=True),
+    }
+
+
+@routes.post("/v1/files")
+async def upload(request: web.Request) -> web.Response:
+    who = await principal(request, Role.CLIENT)
+    svc = services(request)
+    options = parse_options(request)
+    body = await open_body(request, svc.settings.read_timeout)
+    if body.filename is not None or body.content_type is not None:
+        options = type(options)(
+            ttl=options.ttl,
+            filename=options.filename or body.filename,
+            content_type=body.content_type or options.content_type,
+            expected_sha256=options.expected_sha256,
+            max_downloads=options.max_downloads,
+        )
+    info = await svc.lifecycle.upload(who.tenant, options, body.chunks)
+    payload = _file_json(request, info)
+    return web.json_response(
+        payload, status=201, headers={"Location": f"/v1/files/{info.id_text}"}
+    )
+
+
+@routes.head("/v1/files/{id}")
+async def head(request: web.Request) -> web.Response:
+    who = await principal(request, Role.CLIENT)
+    file_id = ids.from_text(request.match_info["id"])
+    info = await services(request).lifecycle.stat(who.tenant, file_id)
+    headers = _file_headers(info)
+    headers["Content-Length"] = str(info.size)
+    headers["Content-Type"] = info.content_type or "application/octet-stream"
+    return web.Response(status=200, headers=headers)
+
+
+@routes.get("/v1/files/{id}")
+async def download(request: web.Request) -> web.StreamResponse:
+    who = await principal(request, Role.CLIENT)
+    svc = services(request)
+    file_id = ids.from_text(request.match_info["id"])
+    opened = await svc.lifecycle.open(who.tenant, file_id)
+    info = opened.info
+    etag = f'"{info.id_text}"'
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match and (if_none_match.strip() == "*" or etag in if_none_match):
+        return web.Response(status=304, headers={"ETag": etag, "Cache-Control": "no-store"})
+    if_range = request.headers.get("If-Range")
+    wanted = parse_range(request.headers.get("Range"), info.size)
+    if if_range is not None and if_range.strip() != etag:
+        wanted = None
+    downloads = await svc.lifecycle.record_download(file_id)
+    headers = _file_headers(info)
+    if wanted is None:
+        first, last, status = 0, info.size - 1, 200
+    else:
+        first, last = wanted
+        status = 206
+        headers["Content-Range"] = f"bytes {first}-{last}/{info.size}"
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_type = info.content_type or "application/octet-stream"
+    response.content_length = max(0, last - first + 1)
+    stream = opened.plaintext(first, last)
+    # Decrypt the first batch before any header leaves, so a bad first chunk
+    # is a clean error answer rather than a broken body.
+    head_batch = await anext(stream, b"")
+    await response.prepare(request)
+    try:
+        if head_batch:
+            await response.write(head_batch)
+        async for batch in stream:
+            await response.write(batch)
+    except IntegrityError:
+        log.error("file %s failed its integrity check mid-stream; aborting", info.id_text)
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    finally:
+        await stream.aclose()
+    await response.write_eof()
+    if info.max_downloads is not None and downloads >= info.max_downloads:
+        await svc.lifecycle.secure_delete(file_id, DeleteReason.MAX_DOWNLOADS)
+    return response
+
+
+@routes.delete("/v1/files/{id}")
+async def delete(request: web.Request) -> web.Response:
+    who = await principal(request, Role.CLIENT)
+    file_id = ids.from_text(request.match_info["id"])
+    done = await services(request).lifecycle.delete(who.tenant, file_id)
+    return web.Response(status=204 if done else 202)

@@ -1,0 +1,49 @@
+"""Liveness and readiness, and the OpenAPI document.
+
+``/healthz`` says the process serves requests; ``/readyz`` says it can do
+useful work: the database answers and storage is writable. Both are open to
+anyone, and neither says more than ok/failing per dependency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from filestore.api.context import services
+from filestore.api.openapi import openapi_document
+from filestore.errors import FilestoreError
+
+routes = web.RouteTableDef()
+CHECK_TIMEOUT = 5.0
+
+
+@routes.get("/healthz")
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"}, headers={"Cache-Control": "no-store"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    svc = services(request)
+    results: dict[str, str] = {}
+    for name, check in (("database", svc.metadata.check), ("storage", svc.blobs.check)):
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT):
+                await check()
+            results[name] = "ok"
+        except (FilestoreError, TimeoutError):
+            results[name] = "failing"
+    ready = all(v == "ok" for v in results.values())
+    return web.json_response(
+        {"status": "ready" if ready else "unavailable", "checks": results,
+         "storage_backend": svc.blobs.name},
+        status=200 if ready else 503,
+        headers={"Cache-Control": "no-store", **({} if ready else {"Retry-After": "5"})},
+    )
+
+
+@routes.get("/openapi.json")
+async def openapi(_request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())

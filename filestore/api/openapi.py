@@ -1,0 +1,228 @@
+"""The OpenAPI 3.1 description of every route, served at ``/openapi.json``.
+
+Kept as data next to the handlers; a test checks that every registered route
+is described here and nothing else is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from filestore import __version__
+
+_PROBLEM = {"$ref": "#/components/responses/Problem"}
+_ID_PARAM = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": "File id: 22 characters of unpadded base64url (128 random bits).",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{22}$"},
+}
+_ERRORS = {
+    "400": _PROBLEM,
+    "401": _PROBLEM,
+    "403": _PROBLEM,
+    "404": _PROBLEM,
+    "503": _PROBLEM,
+}
+
+
+def _with_errors(responses: dict[str, Any], *extra: str) -> dict[str, Any]:
+    out = dict(responses)
+    for code in (*_ERRORS, *extra):
+        out.setdefault(code, _PROBLEM)
+    return out
+
+
+def openapi_document() -> dict[str, Any]:
+    """The document as a fresh dict (callers may mutate it)."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "filestore",
+            "version": __version__,
+            "description": "Temporary file store: encrypted at rest, unreadable at expiry, "
+            "irreversibly deleted within 24 hours of upload.",
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Problem": {
+                    "type": "object",
+                    "required": ["type", "title", "status"],
+                    "properties": {
+                        "type": {"type": "string"},
+                        "title": {"type": "string"},
+                        "status": {"type": "integer"},
+                        "detail": {"type": "string"},
+                        "request_id": {"type": "string"},
+                    },
+                },
+                "File": {
+                    "type": "object",
+                    "required": ["id", "size", "sha256", "created_at", "expires_at", "url"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "size": {"type": "integer", "minimum": 0},
+                        "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "expires_at": {"type": "string", "format": "date-time"},
+                        "filename": {"type": ["string", "null"]},
+                        "content_type": {"type": ["string", "null"]},
+                        "max_downloads": {"type": ["integer", "null"]},
+                        "url": {"type": "string"},
+                    },
+                },
+            },
+            "responses": {
+                "Problem": {
+                    "description": "An RFC 9457 problem.",
+                    "content": {
+                        "application/problem+json": {
+                            "schema": {"$ref": "#/components/schemas/Problem"}
+                        }
+                    },
+                }
+            },
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/v1/files": {
+                "post": {
+                    "summary": "Upload a file (raw body or multipart/form-data), streamed.",
+                    "parameters": [
+                        {
+                            "name": "ttl",
+                            "in": "query",
+                            "description": "Lifetime: seconds, or a number with s, m or h; "
+                            "at most the server's max TTL.",
+                            "schema": {"type": "string", "pattern": r"^\d+(\.\d+)?[smh]?$"},
+                        },
+                        {
+                            "name": "filename",
+                            "in": "query",
+                            "schema": {"type": "string", "maxLength": 255},
+                        },
+                        {
+                            "name": "max_downloads",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1},
+                        },
+                        {
+                            "name": "Content-Digest",
+                            "in": "header",
+                            "description": "Expected checksum, sha-256=:BASE64: (RFC 9530).",
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "X-Checksum-SHA256",
+                            "in": "header",
+                            "description": "Expected checksum as 64 hex characters.",
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/octet-stream": {
+                                "schema": {"type": "string", "format": "binary"}
+                            },
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "file": {"type": "string", "format": "binary"}
+                                    },
+                                }
+                            },
+                        },
+                    },
+                    "responses": _with_errors(
+                        {
+                            "201": {
+                                "description": "Stored.",
+                                "headers": {"Location": {"schema": {"type": "string"}}},
+                                "content": {
+                                    "application/json": {
+                                        "schema": {"$ref": "#/components/schemas/File"}
+                                    }
+                                },
+                            }
+                        },
+                        "408",
+                        "413",
+                        "422",
+                    ),
+                }
+            },
+            "/v1/files/{id}": {
+                "parameters": [_ID_PARAM],
+                "get": {
+                    "summary": "Stream the plaintext; a single Range is honoured.",
+                    "parameters": [
+                        {"name": "Range", "in": "header", "schema": {"type": "string"}},
+                        {"name": "If-Range", "in": "header", "schema": {"type": "string"}},
+                        {
+                            "name": "If-None-Match",
+                            "in": "header",
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "responses": _with_errors(
+                        {
+                            "200": {
+                                "description": "The whole file.",
+                                "content": {
+                                    "application/octet-stream": {
+                                        "schema": {"type": "string", "format": "binary"}
+                                    }
+                                },
+                            },
+                            "206": {"description": "The requested range."},
+                            "304": {"description": "Not modified."},
+                        },
+                        "410",
+                        "416",
+                    ),
+                },
+                "head": {
+                    "summary": "The file's metadata in headers.",
+                    "responses": _with_errors({"200": {"description": "Metadata."}}, "410"),
+                },
+                "delete": {
+                    "summary": "Delete early: crypto-erase, blob removal, tombstone.",
+                    "responses": _with_errors(
+                        {
+                            "204": {"description": "Deleted."},
+                            "202": {"description": "Another worker is deleting it."},
+                        },
+                        "410",
+                    ),
+                },
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness.",
+                    "security": [],
+                    "responses": {"200": {"description": "Serving."}},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness: database and storage reachable.",
+                    "security": [],
+                    "responses": {
+                        "200": {"description": "Ready."},
+                        "503": {"description": "A dependency is failing."},
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document.",
+                    "security": [],
+                    "responses": {"200": {"description": "OpenAPI 3.1 document."}},
+                }
+            },
+        },
+    }

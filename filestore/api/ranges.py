@@ -1,0 +1,39 @@
+"""Single byte ranges (RFC 9110 §14).
+
+Only one range per request is served. A header that is not a single
+well-formed ``bytes=`` range is ignored (the whole file is sent, as RFC 9110
+allows); a well-formed range that lies outside the file is refused with 416.
+"""
+
+from __future__ import annotations
+
+import re
+
+from filestore.errors import RangeNotSatisfiable
+
+_RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The inclusive ``(first, last)`` byte positions to send, or None for
+    the whole file. Raises RangeNotSatisfiable (416)."""
+    if header is None:
+        return None
+    match = _RANGE_RE.match(header)
+    if not match:
+        return None
+    first_text, last_text = match.groups()
+    if not first_text and not last_text:
+        return None
+    if not first_text:
+        suffix = int(last_text)
+        if suffix == 0 or size == 0:
+            raise RangeNotSatisfiable("the range selects no bytes of the file", size)
+        return max(0, size - suffix), size - 1
+    first = int(first_text)
+    last = int(last_text) if last_text else size - 1
+    if last < first:
+        return None  # syntactically invalid: ignore (RFC 9110 §14.1.1)
+    if first >= size:
+        raise RangeNotSatisfiable("the range starts past the end of the file", size)
+    return first, min(last, size - 1)

@@ -1,0 +1,189 @@
+"""Reading an upload: options from the query and headers, and the body as a
+stream of bytes, whether raw or ``multipart/form-data``.
+
+The body is never buffered whole. Stalls are cut off after the read timeout
+and a client that disconnects mid-body surfaces as ClientGone, kept apart
+from storage failures (tusd's body reader does the same).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import BodyPartReader, web
+from aiohttp.multipart import content_disposition_filename, parse_content_disposition
+
+from filestore.config import parse_duration
+from filestore.errors import BadRequest, ClientGone
+from filestore.lifecycle import UploadOptions
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_MIME_RE = re.compile(r"^[\w!#$&^.+-]+/[\w!#$&^.+-]+(\s*;\s*[\w!#$&^.+-]+=(\"[^\"]*\"|[\w!#$&^.+-]+))*$")
+_HEX64_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_DIGEST_RE = re.compile(r"(?:^|,)\s*sha-256=:([A-Za-z0-9+/=]+):", re.IGNORECASE)
+READ_SIZE = 256 * 1024
+
+
+def validate_filename(name: str) -> str:
+    """A file name is a label, never a path: no separators, no control
+    characters, no '.'/'..', at most 255 bytes of UTF-8."""
+    if not name or name in (".", ".."):
+        raise BadRequest("filename must not be empty, '.' or '..'")
+    if "/" in name or "\\" in name:
+        raise BadRequest("filename must not contain path separators")
+    if _CONTROL_RE.search(name):
+        raise BadRequest("filename must not contain control characters")
+    if len(name.encode("utf-8", "surrogatepass")) > 255:
+        raise BadRequest("filename may be at most 255 bytes")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadRequest("filename must be valid UTF-8") from exc
+    return name
+
+
+def _content_type(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if not value or value.lower() in ("application/octet-stream",):
+        return value or None
+    if len(value) > 255 or not _MIME_RE.match(value):
+        raise BadRequest("Content-Type is not a valid media type")
+    return value
+
+
+def _expected_checksum(request: web.Request) -> bytes | None:
+    digest_header = request.headers.get("Content-Digest")
+    hex_header = request.headers.get("X-Checksum-SHA256")
+    found: bytes | None = None
+    if digest_header is not None:
+        match = _DIGEST_RE.search(digest_header)
+        if not match:
+            raise BadRequest("Content-Digest must carry sha-256=:BASE64: (RFC 9530)")
+        try:
+            found = base64.b64decode(match.group(1), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise BadRequest("Content-Digest sha-256 value is not valid base64") from exc
+        if len(found) != 32:
+            raise BadRequest("Content-Digest sha-256 value must be 32 bytes")
+    if hex_header is not None:
+        if not _HEX64_RE.match(hex_header.strip()):
+            raise BadRequest("X-Checksum-SHA256 must be 64 hexadecimal characters")
+        value = bytes.fromhex(hex_header.strip())
+        if found is not None and found != value:
+            raise BadRequest("Content-Digest and X-Checksum-SHA256 disagree")
+        found = value
+    return found
+
+
+def parse_options(request: web.Request) -> UploadOptions:
+    """Upload options from the query string and headers (DESIGN.md API)."""
+    query = request.query
+    allowed = {"ttl", "filename", "max_downloads"}
+    unknown = set(query) - allowed
+    if unknown:
+        raise BadRequest(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
+    ttl: float | None = None
+    if "ttl" in query:
+        try:
+            ttl = parse_duration(query["ttl"])
+        except ValueError as exc:
+            raise BadRequest("ttl must be seconds, or a number with s, m or h") from exc
+    max_downloads: int | None = None
+    if "max_downloads" in query:
+        raw = query["max_downloads"]
+        if not raw.isdigit() or len(raw) > 9:
+            raise BadRequest("max_downloads must be a positive whole number")
+        max_downloads = int(raw)
+    filename = query.get("filename")
+    if filename is None and request.headers.get("Content-Disposition"):
+        _kind, params = parse_content_disposition(request.headers["Content-Disposition"])
+        filename = content_disposition_filename(params, "filename")
+    if filename is not None:
+        validate_filename(filename)
+    content_type = None
+    if request.content_type != "multipart/form-data":
+        content_type = _content_type(request.headers.get("Content-Type"))
+    return UploadOptions(
+        ttl=ttl,
+        filename=filename,
+        content_type=content_type,
+        expected_sha256=_expected_checksum(request),
+        max_downloads=max_downloads,
+    )
+
+
+@dataclass
+class Body:
+    """The stream of file bytes plus what the multipart part told us."""
+
+    chunks: AsyncIterator[bytes]
+    filename: str | None = None
+    content_type: str | None = None
+
+
+async def _raw_chunks(request: web.Request, timeout: float) -> AsyncIterator[bytes]:
+    expected = request.content_length
+    received = 0
+    while True:
+        try:
+            async with asyncio.timeout(timeout):
+                data = await request.content.readany()
+        except TimeoutError as exc:
+            raise ClientGone("the client stopped sending the body") from exc
+        except (ConnectionError, aiohttp.ClientError, aiohttp.http_exceptions.HttpProcessingError,
+                aiohttp.EofStream) as exc:
+            raise ClientGone("the connection was lost before the body was complete") from exc
+        if not data:
+            break
+        received += len(data)
+        yield data
+    if expected is not None and received != expected:
+        raise ClientGone("the body ended before Content-Length bytes arrived")
+
+
+async def _part_chunks(part: BodyPartReader, timeout: float) -> AsyncIterator[bytes]:
+    while True:
+        try:
+            async with asyncio.timeout(timeout):
+                data = await part.read_chunk(READ_SIZE)
+        except TimeoutError as exc:
+            raise ClientGone("the client stopped sending the body") from exc
+        except (ConnectionError, aiohttp.ClientError, aiohttp.EofStream) as exc:
+            raise ClientGone("the connection was lost before the body was complete") from exc
+        except (ValueError, AssertionError, RuntimeError) as exc:
+            raise BadRequest("the multipart body is malformed") from exc
+        if not data:
+            return
+        yield data
+
+
+async def open_body(request: web.Request, timeout: float) -> Body:
+    """The file's bytes: the raw body, or the first file part of a form."""
+    if request.content_type != "multipart/form-data":
+        return Body(_raw_chunks(request, timeout))
+    try:
+        async with asyncio.timeout(timeout):
+            reader = await request.multipart()
+            while True:
+                part = await reader.next()
+                if part is None:
+                    raise BadRequest("the form has no file part")
+                if isinstance(part, BodyPartReader) and part.filename is not None:
+                    break
+                # A non-file field before the file: drain it, bounded.
+                await part.release()
+    except TimeoutError as exc:
+        raise ClientGone("the client stopped sending the body") from exc
+    except (ValueError, AssertionError, RuntimeError, KeyError) as exc:
+        raise BadRequest("the multipart body is malformed") from exc
+    filename = validate_filename(part.filename)
+    content_type = _content_type(part.headers.get("Content-Type"))
+    return Body(_part_chunks(part, timeout), filename=filename, content_type=content_type)

@@ -1,0 +1,156 @@
+"""The ``filestore`` command: serve the gateway and manage API keys.
+
+Errors map to exit codes in one place (:func:`main`): 2 for a usage or
+configuration error, 75 (EX_TEMPFAIL) when a dependency is down, 1 otherwise.
+Messages go to stderr; the one thing a script needs (a new key) is printed
+alone on the last line of stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from filestore import __version__
+from filestore.api.app import create_app
+from filestore.auth import create_key
+from filestore.clock import SystemClock
+from filestore.config import Settings
+from filestore.errors import ConfigError, FilestoreError, Unavailable
+from filestore.metadata.base import Role
+from filestore.services import ensure_first_key, open_metadata, open_services
+
+log = logging.getLogger("filestore")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="filestore",
+        description="Temporary file store: encrypted at rest, deleted within 24 hours.",
+    )
+    parser.add_argument("--version", action="version", version=f"filestore {__version__}")
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML settings file (else $FILESTORE_CONFIG)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP gateway")
+    serve.add_argument("--host", help="bind address (FILESTORE_HOST)")
+    serve.add_argument("--port", type=int, help="port (FILESTORE_PORT)")
+    serve.add_argument("--data-dir", help="data directory (FILESTORE_DATA_DIR)")
+
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key; prints it once")
+    create.add_argument("--role", required=True, choices=[r.value for r in Role])
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--label", default="")
+    keys_sub.add_parser("list", help="list keys (ids, never secrets)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("key_id")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {}
+    for name in ("host", "port", "data_dir"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    return Settings.load(config_file=args.config, **overrides)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def _serve(settings: Settings) -> None:
+    async with open_services(settings, SystemClock()) as services:
+        first_key = await ensure_first_key(services)
+        if first_key is not None:
+            print("Created a first client key for tenant 'default'; it is shown only once.")
+            print(f"API key: {first_key}", flush=True)
+        app = create_app(settings, services=services)
+        runner = web.AppRunner(app, access_log=logging.getLogger("filestore.access"))
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        port = settings.port
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            port = server.sockets[0].getsockname()[1]
+        print(f"filestore {__version__} listening on http://{settings.host}:{port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            log.info("shutting down")
+            await runner.cleanup()
+
+
+async def _keys(settings: Settings, args: argparse.Namespace) -> None:
+    await asyncio.to_thread(settings.data_dir.mkdir, parents=True, exist_ok=True, mode=0o700)
+    store = await open_metadata(settings)
+    try:
+        if args.keys_command == "create":
+            key, record = await create_key(
+                store, Role(args.role), args.tenant, SystemClock().now(), label=args.label
+            )
+            print(f"Created {record.role} key {record.key_id} for tenant {record.tenant}.")
+            print("Store it now; it cannot be shown again.")
+            print(key)
+        elif args.keys_command == "list":
+            print(f"{'KEY ID':<14}{'ROLE':<10}{'TENANT':<20}{'CREATED':<22}{'STATE':<9}LABEL")
+            for rec in await store.list_api_keys():
+                created = datetime.fromtimestamp(rec.created_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                state = "revoked" if rec.revoked_at is not None else "active"
+                print(
+                    f"{rec.key_id:<14}{rec.role:<10}{rec.tenant:<20}{created:<22}{state:<9}"
+                    f"{rec.label}"
+                )
+        elif args.keys_command == "revoke":
+            if not await store.revoke_api_key(args.key_id, SystemClock().now()):
+                raise ConfigError(f"no active key with id {args.key_id!r}")
+            print(f"Revoked key {args.key_id}.")
+    finally:
+        await store.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+        _setup_logging(settings.log_level)
+        if args.command == "serve":
+            with contextlib.suppress(KeyboardInterrupt):
+                asyncio.run(_serve(settings))
+        elif args.command == "keys":
+            asyncio.run(_keys(settings, args))
+    except ConfigError as exc:
+        print(f"filestore: {exc}", file=sys.stderr)
+        return 2
+    except Unavailable as exc:
+        print(f"filestore: {exc}; try again later", file=sys.stderr)
+        return 75
+    except FilestoreError as exc:
+        print(f"filestore: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"filestore: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,218 @@
+"""Settings: one frozen object, built once from the environment and a TOML file.
+
+Every setting has a name; its environment variable is ``FILESTORE_<NAME>`` and
+its TOML key is the lowercase name (``max_ttl = "23h"``). The environment wins
+over the file. ``FILESTORE_CONFIG`` (or ``--config``) names the TOML file.
+A wrong value stops the start with a message that names the setting and says
+what it accepts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from filestore.errors import ConfigError
+
+DAY = 24 * 3600.0
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds from ``90``, ``"90"``, ``"90s"``, ``"15m"``, ``"2h"`` or ``"1d"``."""
+    if isinstance(text, bool):
+        raise ValueError("expected a duration")
+    if isinstance(text, int | float):
+        value = float(text)
+    else:
+        match = _DURATION_RE.match(text)
+        if not match:
+            raise ValueError("expected seconds, or a number with s, m, h or d")
+        value = float(match.group(1)) * _UNITS[match.group(2)]
+    if value != value or value in (float("inf"), float("-inf")) or value < 0:
+        raise ValueError("expected a finite, non-negative duration")
+    return value
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``1048576``, ``"512MiB"``, ``"10GB"`` (powers of 1024 either way)."""
+    if isinstance(text, bool):
+        raise ValueError("expected a size")
+    if isinstance(text, int):
+        value = text
+    else:
+        match = _SIZE_RE.match(text)
+        if not match:
+            raise ValueError("expected bytes, or a number with KiB, MiB, GiB or TiB")
+        unit = (match.group(2) or "b").lower()[0]
+        value = int(match.group(1)) * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30,
+                                       "t": 1 << 40}[unit]
+    if value < 0:
+        raise ValueError("expected a non-negative size")
+    return value
+
+
+def _parse_port(text: str | int) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError("expected a port number from 0 to 65535")
+    return port
+
+
+def _parse_level(text: str) -> str:
+    level = str(text).upper()
+    if level not in _LOG_LEVELS:
+        raise ValueError("expected one of " + ", ".join(_LOG_LEVELS))
+    return level
+
+
+def _parse_storage(text: str) -> str:
+    if text not in ("local",):
+        raise ValueError("expected 'local'")
+    return text
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything filestore can be told. Defaults give the embedded setup."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("filestore-data")
+    #: Blob backend: "local" (files under data_dir/blobs).
+    storage: str = "local"
+    #: Metadata database; empty means SQLite at data_dir/filestore.db.
+    database_url: str = ""
+    max_file_size: int = 10 << 30
+    default_ttl: float = 3600.0
+    max_ttl: float = DAY - 120.0
+    purge_interval: float = 60.0
+    #: Key-encryption keyring; empty means data_dir/keys/keyring.json.
+    keyring_file: str = ""
+    #: Ed25519 audit signing key; empty means data_dir/keys/audit-signing.pem.
+    signing_key_file: str = ""
+    log_level: str = "INFO"
+    #: A client that sends no body bytes for this long is cut off (408).
+    read_timeout: float = 60.0
+    #: Uploads still "uploading" after this long are abandoned (swept).
+    upload_grace: float = 3600.0
+    #: Bytes of plaintext per encryption batch (a multiple of 16 KiB).
+    batch_size: int = 1 << 20
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def database_path(self) -> Path:
+        """The SQLite file, when the metadata database is SQLite."""
+        url = self.database_url
+        if not url:
+            return self.data_dir / "filestore.db"
+        if url.startswith("sqlite:///"):
+            return Path(url[len("sqlite:///"):])
+        raise ConfigError("FILESTORE_DATABASE_URL: only sqlite:///PATH is supported")
+
+    @property
+    def keyring_path(self) -> Path:
+        return Path(self.keyring_file) if self.keyring_file else self.data_dir / "keys" / "keyring.json"
+
+    @property
+    def signing_key_path(self) -> Path:
+        return (
+            Path(self.signing_key_file)
+            if self.signing_key_file
+            else self.data_dir / "keys" / "audit-signing.pem"
+        )
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    # --------------------------------------------------------------- building
+    @classmethod
+    def load(
+        cls,
+        env: Mapping[str, str] | None = None,
+        config_file: str | Path | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Build settings from a TOML file, then the environment, then overrides.
+
+        Raises ConfigError naming the first bad setting.
+        """
+        env = os.environ if env is None else env
+        raw: dict[str, Any] = {}
+        path = config_file or env.get("FILESTORE_CONFIG")
+        if path:
+            try:
+                with open(path, "rb") as fh:
+                    data = tomllib.load(fh)
+            except OSError as exc:
+                raise ConfigError(f"config file {path}: cannot read it ({exc.strerror})") from exc
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"config file {path}: not valid TOML ({exc})") from exc
+            known = {f.name for f in fields(cls)}
+            for key, value in data.items():
+                if key not in known:
+                    raise ConfigError(f"config file {path}: unknown setting {key!r}")
+                raw[key] = value
+        for f in fields(cls):
+            name = "FILESTORE_" + f.name.upper()
+            if name in env:
+                raw[f.name] = env[name]
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        values: dict[str, Any] = {}
+        for key, value in raw.items():
+            parser = _PARSERS[key]
+            try:
+                values[key] = parser(value)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(
+                    f"FILESTORE_{key.upper()}={value!r} is not valid: {exc}"
+                ) from exc
+        settings = replace(cls(), **values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Check the settings against each other; raise ConfigError if unusable."""
+        if self.purge_interval < 1:
+            raise ConfigError("FILESTORE_PURGE_INTERVAL must be at least 1 second")
+        if self.max_ttl <= 0:
+            raise ConfigError("FILESTORE_MAX_TTL must be positive")
+        if self.max_ttl + 2 * self.purge_interval > DAY:
+            raise ConfigError(
+                "FILESTORE_MAX_TTL plus two FILESTORE_PURGE_INTERVALs must not exceed 24h, "
+                "or a file could outlive the 24-hour promise "
+                f"(max_ttl={self.max_ttl:g}s, purge_interval={self.purge_interval:g}s)"
+            )
+        if not 0 < self.default_ttl <= self.max_ttl:
+            raise ConfigError("FILESTORE_DEFAULT_TTL must be positive and at most FILESTORE_MAX_TTL")
+        if self.batch_size % 16384 or self.batch_size <= 0:
+            raise ConfigError("FILESTORE_BATCH_SIZE must be a positive multiple of 16384")
+        self.database_path  # noqa: B018 - raises ConfigError for unsupported URLs
+
+
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "host": str,
+    "port": _parse_port,
+    "data_dir": lambda v: Path(str(v)),
+    "storage": _parse_storage,
+    "database_url": str,
+    "max_file_size": parse_size,
+    "default_ttl": parse_duration,
+    "max_ttl": parse_duration,
+    "purge_interval": parse_duration,
+    "keyring_file": str,
+    "signing_key_file": str,
+    "log_level": _parse_level,
+    "read_timeout": parse_duration,
+    "upload_grace": parse_duration,
+    "batch_size": parse_size,
+}

@@ -1,0 +1,111 @@
+"""The one tree of filestore's domain errors.
+
+Nothing here knows HTTP. Backends translate their own exceptions into these at
+the boundary (``raise StorageUnavailable(...) from exc``); the API maps them to
+problem+json in one table (``filestore.api.problems``) and the CLI to exit codes.
+
+    FilestoreError
+    ├── ConfigError              a setting is missing or wrong (message names it)
+    ├── IntegrityError           stored ciphertext or key failed authentication;
+    │                            one opaque error for every cause
+    ├── KeyNotFound              a KEK id is not in the keyring (destroyed or foreign)
+    ├── NotFound                 no such file, or not visible to this tenant
+    ├── Gone                     the file expired or was deleted
+    ├── BadRequest               the request is malformed (bad option, bad name …)
+    │   ├── ChecksumMismatch     the body does not match the expected SHA-256
+    │   └── RangeNotSatisfiable  the Range header cannot be served
+    ├── TooLarge                 the body exceeds the size limit
+    ├── ClientGone               the client disconnected or stalled mid-body
+    ├── AuthError                missing or unknown credentials
+    ├── Forbidden                authenticated, but the role may not do this
+    └── Unavailable              a dependency is down; retry later
+        ├── StorageUnavailable
+        └── MetadataUnavailable
+"""
+
+from __future__ import annotations
+
+
+class FilestoreError(Exception):
+    """Base of every error filestore raises on purpose.
+
+    ``str(err)`` is safe to show to a client or write to a log: it never holds
+    key material, file names or raw backend error text.
+    """
+
+
+class ConfigError(FilestoreError):
+    """A setting is missing or has a value filestore cannot use."""
+
+
+class IntegrityError(FilestoreError):
+    """Ciphertext, header or wrapped key failed authentication.
+
+    Deliberately carries no detail: which check failed is not told to callers,
+    so the error cannot serve as an oracle.
+    """
+
+    def __init__(self, message: str = "stored data failed its integrity check") -> None:
+        super().__init__(message)
+
+
+class KeyNotFound(FilestoreError):
+    """The key-encryption key a file was wrapped under is not in the keyring."""
+
+
+class NotFound(FilestoreError):
+    """No such file, or the file belongs to another tenant (never told apart)."""
+
+
+class Gone(FilestoreError):
+    """The file existed but expired or was deleted; its bytes are unreadable."""
+
+
+class BadRequest(FilestoreError):
+    """The request is malformed; the message says what to change."""
+
+
+class ChecksumMismatch(BadRequest):
+    """The uploaded body does not match the checksum the client sent."""
+
+
+class RangeNotSatisfiable(BadRequest):
+    """The requested byte range lies outside the file."""
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
+
+class TooLarge(FilestoreError):
+    """The body is larger than the configured limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the file exceeds the size limit of {limit} bytes")
+        self.limit = limit
+
+
+class ClientGone(FilestoreError):
+    """The client went away or stalled before the body was complete."""
+
+
+class AuthError(FilestoreError):
+    """Credentials are missing, malformed, unknown or revoked."""
+
+
+class Forbidden(FilestoreError):
+    """The caller is known but its role may not perform this action."""
+
+
+class Unavailable(FilestoreError):
+    """A dependency is unreachable; the operation may succeed if retried."""
+
+    retry_after: int = 5
+
+
+class StorageUnavailable(Unavailable):
+    """The blob store could not be reached or refused the operation."""
+
+
+class MetadataUnavailable(Unavailable):
+    """The metadata database could not be reached or is locked."""

@@ -1,0 +1,394 @@
+"""SQLite metadata store: the embedded default.
+
+One connection, owned by one dedicated thread: every method ships a small
+synchronous function to that thread, so the event loop never blocks on SQLite
+and each method is one transaction with no interleaving. SQLite serialises
+writers anyway, so a single thread costs no throughput here; PostgreSQL is the
+backend for several gateway instances.
+
+The database runs in WAL mode with ``secure_delete=ON`` (deleted cells are
+zeroed). A deleted key can still linger in WAL frames until they are
+checkpointed, so :meth:`crypto_erase` truncates the WAL before returning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from filestore.errors import MetadataUnavailable, NotFound
+from filestore.metadata.base import (
+    ApiKeyRecord,
+    DeleteReason,
+    FileKey,
+    FileRecord,
+    FileState,
+    Role,
+)
+
+T = TypeVar("T")
+
+#: Schema migrations, applied in order; ``PRAGMA user_version`` records how
+#: many ran. Never edit a released entry: append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE files (
+        id            BLOB PRIMARY KEY CHECK (length(id) = 16),
+        tenant        TEXT NOT NULL,
+        state         TEXT NOT NULL
+                      CHECK (state IN ('uploading', 'active', 'purging', 'purged')),
+        kek_id        INTEGER NOT NULL,
+        created_at    REAL NOT NULL,
+        expires_at    REAL NOT NULL,
+        size          INTEGER,
+        sealed        BLOB,
+        max_downloads INTEGER,
+        downloads     INTEGER NOT NULL DEFAULT 0,
+        delete_reason TEXT,
+        deleted_at    REAL,
+        lease_owner   TEXT,
+        lease_expires REAL
+    ) WITHOUT ROWID;
+    -- Only rows that still need purging are indexed, so finding expired files
+    -- costs in proportion to them, not to tombstones.
+    CREATE INDEX files_live_expiry ON files (expires_at) WHERE state <> 'purged';
+    CREATE TABLE file_keys (
+        file_id     BLOB PRIMARY KEY REFERENCES files (id),
+        kek_id      INTEGER NOT NULL,
+        wrapped_dek BLOB NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX file_keys_kek ON file_keys (kek_id);
+    -- Insert-once: an update would leave the old key bytes in free pages or
+    -- the WAL, outside crypto-erase's reach.
+    CREATE TRIGGER file_keys_insert_once BEFORE UPDATE ON file_keys
+    BEGIN SELECT RAISE(ABORT, 'file_keys rows are insert-once'); END;
+    CREATE TABLE api_keys (
+        key_id      TEXT PRIMARY KEY,
+        secret_hash BLOB NOT NULL,
+        role        TEXT NOT NULL CHECK (role IN ('client', 'operator', 'auditor')),
+        tenant      TEXT NOT NULL,
+        label       TEXT NOT NULL DEFAULT '',
+        created_at  REAL NOT NULL,
+        revoked_at  REAL
+    );
+    """,
+)
+
+_FILE_COLUMNS = (
+    "id, tenant, state, kek_id, created_at, expires_at, size, sealed, max_downloads, "
+    "downloads, delete_reason, deleted_at, lease_owner, lease_expires"
+)
+
+
+def _file_from_row(row: tuple[object, ...]) -> FileRecord:
+    (fid, tenant, state, kek_id, created, expires, size, sealed, maxd, downloads, reason,
+     deleted, owner, lease) = row
+    return FileRecord(
+        id=bytes(fid),  # type: ignore[arg-type]
+        tenant=str(tenant),
+        state=FileState(state),
+        kek_id=int(kek_id),  # type: ignore[call-overload]
+        created_at=float(created),  # type: ignore[arg-type]
+        expires_at=float(expires),  # type: ignore[arg-type]
+        size=None if size is None else int(size),  # type: ignore[call-overload]
+        sealed=None if sealed is None else bytes(sealed),  # type: ignore[arg-type]
+        max_downloads=None if maxd is None else int(maxd),  # type: ignore[call-overload]
+        downloads=int(downloads),  # type: ignore[call-overload]
+        delete_reason=None if reason is None else DeleteReason(reason),
+        deleted_at=None if deleted is None else float(deleted),  # type: ignore[arg-type]
+        lease_owner=None if owner is None else str(owner),
+        lease_expires=None if lease is None else float(lease),  # type: ignore[arg-type]
+    )
+
+
+def _api_key_from_row(row: tuple[object, ...]) -> ApiKeyRecord:
+    key_id, secret_hash, role, tenant, label, created, revoked = row
+    return ApiKeyRecord(
+        key_id=str(key_id),
+        secret_hash=bytes(secret_hash),  # type: ignore[arg-type]
+        role=Role(role),
+        tenant=str(tenant),
+        label=str(label),
+        created_at=float(created),  # type: ignore[arg-type]
+        revoked_at=None if revoked is None else float(revoked),  # type: ignore[arg-type]
+    )
+
+
+class SQLiteMetadataStore:
+    """:class:`MetadataStore` on one SQLite file. Open with :meth:`open`."""
+
+    name = "sqlite"
+
+    def __init__(self, path: Path, *, busy_timeout: float = 5.0) -> None:
+        self._path = path
+        self._busy_timeout = busy_timeout
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="filestore-sqlite")
+        self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(cls, path: Path) -> SQLiteMetadataStore:
+        """Create or open the database and bring its schema up to date."""
+        store = cls(path)
+        await store._run(store._connect)
+        return store
+
+    # ---------------------------------------------------------------- plumbing
+    async def _run(self, fn: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn)
+        except sqlite3.OperationalError as exc:
+            # "database is locked", "disk I/O error", "unable to open": all
+            # transient from a caller's view. The text stays out of the message.
+            raise MetadataUnavailable("the metadata database is unavailable") from exc
+        except sqlite3.DatabaseError as exc:
+            raise MetadataUnavailable("the metadata database failed") from exc
+
+    def _connect(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        conn = sqlite3.connect(
+            self._path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        self._path.chmod(0o600)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA secure_delete=ON")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA synchronous=FULL")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _split_statements(script):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={number}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        self._conn = conn
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> Callable[[], T]:
+        """Wrap ``fn`` in BEGIN IMMEDIATE … COMMIT on the store's connection."""
+
+        def run() -> T:
+            conn = self._conn
+            if conn is None:
+                raise MetadataUnavailable("the metadata store is closed")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        return run
+
+    def _query(self, fn: Callable[[sqlite3.Connection], T]) -> Callable[[], T]:
+        def run() -> T:
+            conn = self._conn
+            if conn is None:
+                raise MetadataUnavailable("the metadata store is closed")
+            return fn(conn)
+
+        return run
+
+    # ----------------------------------------------------------------- uploads
+    async def create_upload(self, record: FileRecord, key: FileKey) -> None:
+        def fn(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO files (id, tenant, state, kek_id, created_at, expires_at, "
+                "max_downloads) VALUES (?, ?, 'uploading', ?, ?, ?, ?)",
+                (record.id, record.tenant, record.kek_id, record.created_at,
+                 record.expires_at, record.max_downloads),
+            )
+            conn.execute(
+                "INSERT INTO file_keys (file_id, kek_id, wrapped_dek) VALUES (?, ?, ?)",
+                (key.file_id, key.kek_id, key.wrapped),
+            )
+
+        await self._run(self._tx(fn))
+
+    async def activate(self, file_id: bytes, size: int, sealed: bytes) -> None:
+        def fn(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
+                "UPDATE files SET state = 'active', size = ?, sealed = ? "
+                "WHERE id = ? AND state = 'uploading'",
+                (size, sealed, file_id),
+            )
+            if cur.rowcount != 1:
+                raise NotFound("the upload is no longer pending")
+
+        await self._run(self._tx(fn))
+
+    async def discard_upload(self, file_id: bytes) -> None:
+        def fn(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM file_keys WHERE file_id = ?", (file_id,))
+            conn.execute("DELETE FROM files WHERE id = ? AND state = 'uploading'", (file_id,))
+
+        await self._run(self._tx(fn))
+        await self._run(self._checkpoint)
+
+    # ------------------------------------------------------------------- reads
+    async def load(self, file_id: bytes) -> tuple[FileRecord, FileKey | None] | None:
+        def fn(conn: sqlite3.Connection) -> tuple[FileRecord, FileKey | None] | None:
+            row = conn.execute(
+                f"SELECT {_FILE_COLUMNS}, k.kek_id, k.wrapped_dek FROM files "
+                "LEFT JOIN file_keys AS k ON k.file_id = files.id WHERE id = ?",
+                (file_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            record = _file_from_row(row[:14])
+            key = None if row[14] is None else FileKey(file_id, int(row[14]), bytes(row[15]))
+            return record, key
+
+        return await self._run(self._query(fn))
+
+    async def count_download(self, file_id: bytes, now: float) -> int | None:
+        def fn(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute(
+                "UPDATE files SET downloads = downloads + 1 WHERE id = ? AND state = 'active' "
+                "AND expires_at > ? AND (max_downloads IS NULL OR downloads < max_downloads) "
+                "RETURNING downloads",
+                (file_id, now),
+            ).fetchone()
+            return None if row is None else int(row[0])
+
+        return await self._run(self._tx(fn))
+
+    # ---------------------------------------------------------------- deletion
+    async def begin_delete(
+        self,
+        file_id: bytes,
+        reason: DeleteReason,
+        owner: str,
+        now: float,
+        lease_until: float,
+    ) -> FileRecord | None:
+        def fn(conn: sqlite3.Connection) -> FileRecord | None:
+            row = conn.execute(
+                "UPDATE files SET state = 'purging', lease_owner = ?, lease_expires = ?, "
+                "delete_reason = coalesce(CASE WHEN state = 'purging' THEN delete_reason END, ?) "
+                "WHERE id = ? AND (state IN ('active', 'uploading') OR (state = 'purging' AND "
+                "(lease_owner = ? OR lease_expires IS NULL OR lease_expires <= ?))) "
+                f"RETURNING {_FILE_COLUMNS}",
+                (owner, lease_until, str(reason), file_id, owner, now),
+            ).fetchone()
+            return None if row is None else _file_from_row(row)
+
+        return await self._run(self._tx(fn))
+
+    async def crypto_erase(self, file_id: bytes) -> None:
+        def fn(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM file_keys WHERE file_id = ?", (file_id,))
+            conn.execute("UPDATE files SET sealed = NULL WHERE id = ?", (file_id,))
+
+        await self._run(self._tx(fn))
+        await self._run(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the main file and truncate it, retrying while
+        readers keep it busy; without this a deleted key survives in WAL
+        frames until some later checkpoint."""
+        conn = self._conn
+        if conn is None:
+            raise MetadataUnavailable("the metadata store is closed")
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                return
+            if time.monotonic() > deadline:
+                raise MetadataUnavailable("the WAL could not be checkpointed (readers busy)")
+            time.sleep(0.01)
+
+    async def finish_delete(self, file_id: bytes, owner: str, now: float) -> bool:
+        def fn(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE files SET state = 'purged', deleted_at = ?, lease_owner = NULL, "
+                "lease_expires = NULL, sealed = NULL "
+                "WHERE id = ? AND state = 'purging' AND lease_owner = ?",
+                (now, file_id, owner),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(self._tx(fn))
+
+    # ---------------------------------------------------------------- API keys
+    async def add_api_key(self, key: ApiKeyRecord) -> None:
+        def fn(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO api_keys (key_id, secret_hash, role, tenant, label, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (key.key_id, key.secret_hash, str(key.role), key.tenant, key.label,
+                 key.created_at),
+            )
+
+        await self._run(self._tx(fn))
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        def fn(conn: sqlite3.Connection) -> ApiKeyRecord | None:
+            row = conn.execute(
+                "SELECT key_id, secret_hash, role, tenant, label, created_at, revoked_at "
+                "FROM api_keys WHERE key_id = ?",
+                (key_id,),
+            ).fetchone()
+            return None if row is None else _api_key_from_row(row)
+
+        return await self._run(self._query(fn))
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        def fn(conn: sqlite3.Connection) -> list[ApiKeyRecord]:
+            rows = conn.execute(
+                "SELECT key_id, secret_hash, role, tenant, label, created_at, revoked_at "
+                "FROM api_keys ORDER BY created_at, key_id"
+            ).fetchall()
+            return [_api_key_from_row(r) for r in rows]
+
+        return await self._run(self._query(fn))
+
+    async def revoke_api_key(self, key_id: str, now: float) -> bool:
+        def fn(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
+                (now, key_id),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(self._tx(fn))
+
+    # ------------------------------------------------------------------- admin
+    async def check(self) -> None:
+        await self._run(self._query(lambda conn: conn.execute("SELECT 1").fetchone()))
+
+    async def close(self) -> None:
+        def fn() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        self._executor.shutdown(wait=True)
+
+
+def _split_statements(script: str) -> list[str]:
+    """Split a migration into statements, keeping trigger bodies whole."""
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        if line.strip().startswith("--"):
+            continue
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        statements.append(buffer.strip())
+    return statements

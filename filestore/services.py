@@ -1,0 +1,86 @@
+"""Assembling a running filestore from settings: stores, keys, lifecycle.
+
+Used by the HTTP app, the CLI and (later) the scheduler alike, so each gets
+the same backends, wired the same way. Blocking start-up work (key files) runs
+in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from filestore.auth import create_key
+from filestore.clock import Clock, SystemClock
+from filestore.config import Settings
+from filestore.crypto import Keyring, load_or_create_signing_key
+from filestore.errors import ConfigError
+from filestore.lifecycle import Lifecycle
+from filestore.metadata.base import MetadataStore, Role
+from filestore.metadata.sqlite import SQLiteMetadataStore
+from filestore.storage.base import BlobStore
+from filestore.storage.local import LocalBlobStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """Everything a request handler or a job needs, opened and ready."""
+
+    settings: Settings
+    clock: Clock
+    metadata: MetadataStore
+    blobs: BlobStore
+    keyring: Keyring
+    signing_key: Ed25519PrivateKey
+    lifecycle: Lifecycle
+
+
+async def open_metadata(settings: Settings) -> MetadataStore:
+    return await SQLiteMetadataStore.open(settings.database_path)
+
+
+async def open_blobs(settings: Settings) -> BlobStore:
+    if settings.storage == "local":
+        return await LocalBlobStore.open(settings.blob_dir)
+    raise ConfigError(f"FILESTORE_STORAGE={settings.storage!r} is not supported")
+
+
+@contextlib.asynccontextmanager
+async def open_services(
+    settings: Settings, clock: Clock | None = None
+) -> AsyncIterator[Services]:
+    """Open every backend and key; close them in reverse order on exit.
+
+    Creates the data directory, keyring and signing key on first use.
+    """
+    clock = clock or SystemClock()
+    await asyncio.to_thread(settings.data_dir.mkdir, parents=True, exist_ok=True, mode=0o700)
+    keyring = await asyncio.to_thread(Keyring.load_or_create, settings.keyring_path, clock.now())
+    signing_key = await asyncio.to_thread(load_or_create_signing_key, settings.signing_key_path)
+    async with contextlib.AsyncExitStack() as stack:
+        metadata = await open_metadata(settings)
+        stack.push_async_callback(metadata.close)
+        blobs = await open_blobs(settings)
+        stack.push_async_callback(blobs.close)
+        lifecycle = Lifecycle(settings, metadata, blobs, keyring, clock)
+        yield Services(settings, clock, metadata, blobs, keyring, signing_key, lifecycle)
+
+
+async def ensure_first_key(services: Services) -> str | None:
+    """On an empty key table, make a client key for tenant ``default``.
+
+    Returns the key (to be printed once) or None if keys already exist.
+    """
+    if await services.metadata.list_api_keys():
+        return None
+    key, _record = await create_key(
+        services.metadata, Role.CLIENT, "default", services.clock.now(), label="first key"
+    )
+    return key

@@ -1,0 +1,87 @@
+"""The contract between filestore and wherever ciphertext is kept.
+
+A backend stores opaque ciphertext under a name that filestore derives from
+the file id (32 lowercase hex characters); it never sees plaintext, file
+names or keys. Every backend passes the same contract tests
+(``tests/integration/test_blobstore_contract.py``).
+
+Errors: a backend raises :class:`filestore.errors.StorageUnavailable` for any
+failure of the medium (I/O error, network, permissions), translated at the
+boundary with ``raise ... from exc``. A missing blob on read raises
+:class:`filestore.errors.NotFound`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+class BlobWriter(Protocol):
+    """One blob being written. Nothing is visible under the name until commit."""
+
+    async def write(self, data: bytes) -> None:
+        """Append ``data``. May hold on to it until the next write or commit."""
+
+    async def commit(self) -> None:
+        """Make the blob durable and visible under its name.
+
+        After it returns, the whole blob survives a crash (fsync'd and renamed,
+        or the S3 upload completed). Raises StorageUnavailable and leaves no
+        partial blob behind if that cannot be done.
+        """
+
+    async def abort(self) -> None:
+        """Discard everything written; safe to call more than once, never raises
+        for a blob that is already gone."""
+
+
+class BlobStore(Protocol):
+    """What every blob backend must do."""
+
+    #: Short backend name recorded in the audit log ("local", "s3").
+    name: str
+
+    async def create(self, name: str) -> BlobWriter:
+        """Start writing a new blob called ``name``."""
+
+    def read(self, name: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """Stream ``length`` bytes (to the end when None) from ``offset``.
+
+        Yields pieces of at most about 1 MiB. Raises NotFound if the blob does
+        not exist.
+        """
+
+    async def size(self, name: str) -> int | None:
+        """The stored size in bytes, or None if there is no such blob."""
+
+    async def delete(self, name: str) -> None:
+        """Remove the blob irreversibly from this store; a missing blob is not
+        an error. Returns only once the removal is durable."""
+
+    async def exists(self, name: str) -> bool:
+        """Whether any copy of the blob is still readable (used to verify
+        deletion)."""
+
+    async def check(self) -> None:
+        """Raise StorageUnavailable unless the store is reachable and writable."""
+
+    async def close(self) -> None:
+        """Release clients, threads and file handles."""
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """A blob found while listing: its name and last-modified Unix time."""
+
+    name: str
+    modified_at: float
+
+
+@runtime_checkable
+class ListableBlobStore(Protocol):
+    """Optional ability: list every blob, for the orphan sweep."""
+
+    def list_blobs(self) -> AsyncIterator[StoredBlob]:
+        """Yield every committed blob and any partial upload left behind."""
