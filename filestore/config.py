@@ -53,8 +53,10 @@ def parse_size(text: str | int) -> int:
         if not match:
             raise ValueError("expected bytes, or a number with KiB, MiB, GiB or TiB")
         unit = (match.group(2) or "b").lower()[0]
-        value = int(match.group(1)) * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30,
-                                       "t": 1 << 40}[unit]
+        value = (
+            int(match.group(1))
+            * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[unit]
+        )
     if value < 0:
         raise ValueError("expected a non-negative size")
     return value
@@ -115,12 +117,16 @@ class Settings:
         if not url:
             return self.data_dir / "filestore.db"
         if url.startswith("sqlite:///"):
-            return Path(url[len("sqlite:///"):])
+            return Path(url[len("sqlite:///") :])
         raise ConfigError("FILESTORE_DATABASE_URL: only sqlite:///PATH is supported")
 
     @property
     def keyring_path(self) -> Path:
-        return Path(self.keyring_file) if self.keyring_file else self.data_dir / "keys" / "keyring.json"
+        return (
+            Path(self.keyring_file)
+            if self.keyring_file
+            else self.data_dir / "keys" / "keyring.json"
+        )
 
     @property
     def signing_key_path(self) -> Path:
@@ -173,9 +179,7 @@ class Settings:
             try:
                 values[key] = parser(value)
             except (ValueError, TypeError) as exc:
-                raise ConfigError(
-                    f"FILESTORE_{key.upper()}={value!r} is not valid: {exc}"
-                ) from exc
+                raise ConfigError(f"FILESTORE_{key.upper()}={value!r} is not valid: {exc}") from exc
         settings = replace(cls(), **values)
         settings.validate()
         return settings
@@ -193,7 +197,9 @@ class Settings:
                 f"(max_ttl={self.max_ttl:g}s, purge_interval={self.purge_interval:g}s)"
             )
         if not 0 < self.default_ttl <= self.max_ttl:
-            raise ConfigError("FILESTORE_DEFAULT_TTL must be positive and at most FILESTORE_MAX_TTL")
+            raise ConfigError(
+                "FILESTORE_DEFAULT_TTL must be positive and at most FILESTORE_MAX_TTL"
+            )
         if self.batch_size % 16384 or self.batch_size <= 0:
             raise ConfigError("FILESTORE_BATCH_SIZE must be a positive multiple of 16384")
         self.database_path  # noqa: B018 - raises ConfigError for unsupported URLs

@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -34,8 +34,8 @@ from filestore.crypto import (
     Encryptor,
     Header,
     Keyring,
-    ciphertext_size,
     chunk_span,
+    ciphertext_size,
     open_fields,
     seal_fields,
 )
@@ -109,7 +109,9 @@ class OpenFile:
         self._batch_chunks = batch_chunks
         self._name = ids.blob_name(info.id)
 
-    async def plaintext(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    async def plaintext(
+        self, start: int = 0, end: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
         """Yield plaintext bytes ``start..end`` (inclusive), decrypting only the
         chunks they touch, in batches of about 1 MiB.
 
@@ -343,8 +345,9 @@ class Lifecycle:
         decryptor = Decryptor.open(dek, Header(record.kek_id, file_id), prefix)
         last = info.size // CHUNK_SIZE
         offset, length = chunk_span(info.size, last, last)
-        decryptor.decrypt_chunks(last, await _read_all(self.blobs.read(name, offset, length)),
-                                 info.size)
+        decryptor.decrypt_chunks(
+            last, await _read_all(self.blobs.read(name, offset, length)), info.size
+        )
         return OpenFile(info, self.blobs, decryptor, self.settings.batch_size // CHUNK_SIZE)
 
     async def record_download(self, file_id: bytes) -> int:

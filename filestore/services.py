@@ -53,9 +53,7 @@ async def open_blobs(settings: Settings) -> BlobStore:
 
 
 @contextlib.asynccontextmanager
-async def open_services(
-    settings: Settings, clock: Clock | None = None
-) -> AsyncIterator[Services]:
+async def open_services(settings: Settings, clock: Clock | None = None) -> AsyncIterator[Services]:
     """Open every backend and key; close them in reverse order on exit.
 
     Creates the data directory, keyring and signing key on first use.

@@ -1,5 +1,1 @@
-"""The HTTP gateway (aiohttp)."""
-
-from filestore.api.app import create_app
-
-__all__ = ["create_app"]
+"""The HTTP gateway (aiohttp); the factory is ``filestore.api.app.create_app``."""

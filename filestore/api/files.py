@@ -44,9 +44,7 @@ def _content_disposition(filename: str | None) -> str:
     """RFC 6266: an ASCII fallback plus ``filename*`` in UTF-8 for any name."""
     if not filename:
         return "attachment"
-    fallback = "".join(
-        c if 0x20 <= ord(c) < 0x7F and c not in '"\\%' else "_" for c in filename
-    )
+    fallback = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\%' else "_" for c in filename)
     encoded = urllib.parse.quote(filename, safe="")
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
 
@@ -81,9 +79,7 @@ async def upload(request: web.Request) -> web.Response:
         )
     info = await svc.lifecycle.upload(who.tenant, options, body.chunks)
     payload = _file_json(request, info)
-    return web.json_response(
-        payload, status=201, headers={"Location": f"/v1/files/{info.id_text}"}
-    )
+    return web.json_response(payload, status=201, headers={"Location": f"/v1/files/{info.id_text}"})
 
 
 @routes.head("/v1/files/{id}")

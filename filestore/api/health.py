@@ -37,8 +37,11 @@ async def readyz(request: web.Request) -> web.Response:
             results[name] = "failing"
     ready = all(v == "ok" for v in results.values())
     return web.json_response(
-        {"status": "ready" if ready else "unavailable", "checks": results,
-         "storage_backend": svc.blobs.name},
+        {
+            "status": "ready" if ready else "unavailable",
+            "checks": results,
+            "storage_backend": svc.blobs.name,
+        },
         status=200 if ready else 503,
         headers={"Cache-Control": "no-store", **({} if ready else {"Retry-After": "5"})},
     )

@@ -19,7 +19,6 @@ from filestore.errors import FilestoreError
 log = logging.getLogger("filestore.api")
 
 
-
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = secrets.token_hex(8)
@@ -33,7 +32,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if response.status >= 500:
             log.error(
                 "request %s %s %s failed: %s",
-                request_id, request.method, request.path, type(exc).__name__,
+                request_id,
+                request.method,
+                request.path,
+                type(exc).__name__,
                 exc_info=exc.__cause__ is not None and response.status != 503,
             )
     except web.HTTPException as exc:
@@ -42,14 +44,21 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         slug = HTTP_SLUGS.get(exc.status, "http-error")
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         response = problem_response(
-            exc.status, slug, exc.reason, exc.text if exc.text != f"{exc.status}: {exc.reason}"
-            else None, request_id=request_id, headers=headers,
+            exc.status,
+            slug,
+            exc.reason,
+            exc.text if exc.text != f"{exc.status}: {exc.reason}" else None,
+            request_id=request_id,
+            headers=headers,
         )
     except Exception:
         log.exception("request %s %s %s failed", request_id, request.method, request.path)
         response = problem_response(
-            500, "internal", "Internal server error",
-            "see the server log for request " + request_id, request_id=request_id,
+            500,
+            "internal",
+            "Internal server error",
+            "see the server log for request " + request_id,
+            request_id=request_id,
         )
     if not response.prepared:
         response.headers.setdefault("X-Request-Id", request_id)

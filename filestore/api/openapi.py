@@ -130,9 +130,7 @@ def openapi_document() -> dict[str, Any]:
                             "multipart/form-data": {
                                 "schema": {
                                     "type": "object",
-                                    "properties": {
-                                        "file": {"type": "string", "format": "binary"}
-                                    },
+                                    "properties": {"file": {"type": "string", "format": "binary"}},
                                 }
                             },
                         },

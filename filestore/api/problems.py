@@ -99,6 +99,10 @@ def error_response(exc: BaseException, request_id: str) -> web.Response:
     else:
         detail = str(exc)
     return problem_response(
-        problem.status, problem.slug, problem.title, detail, request_id=request_id,
+        problem.status,
+        problem.slug,
+        problem.title,
+        detail,
+        request_id=request_id,
         headers=headers,
     )

@@ -31,9 +31,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
             raise RangeNotSatisfiable("the range selects no bytes of the file", size)
         return max(0, size - suffix), size - 1
     first = int(first_text)
-    last = int(last_text) if last_text else size - 1
-    if last < first:
+    if last_text and int(last_text) < first:
         return None  # syntactically invalid: ignore (RFC 9110 §14.1.1)
+    last = int(last_text) if last_text else size - 1
     if first >= size:
         raise RangeNotSatisfiable("the range starts past the end of the file", size)
     return first, min(last, size - 1)

@@ -24,7 +24,9 @@ from filestore.errors import BadRequest, ClientGone
 from filestore.lifecycle import UploadOptions
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-_MIME_RE = re.compile(r"^[\w!#$&^.+-]+/[\w!#$&^.+-]+(\s*;\s*[\w!#$&^.+-]+=(\"[^\"]*\"|[\w!#$&^.+-]+))*$")
+_MIME_RE = re.compile(
+    r"^[\w!#$&^.+-]+/[\w!#$&^.+-]+(\s*;\s*[\w!#$&^.+-]+=(\"[^\"]*\"|[\w!#$&^.+-]+))*$"
+)
 _HEX64_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 _DIGEST_RE = re.compile(r"(?:^|,)\s*sha-256=:([A-Za-z0-9+/=]+):", re.IGNORECASE)
 READ_SIZE = 256 * 1024
@@ -129,17 +131,21 @@ class Body:
     content_type: str | None = None
 
 
-async def _raw_chunks(request: web.Request, timeout: float) -> AsyncIterator[bytes]:
+async def _raw_chunks(request: web.Request, idle_timeout: float) -> AsyncIterator[bytes]:
     expected = request.content_length
     received = 0
     while True:
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(idle_timeout):
                 data = await request.content.readany()
         except TimeoutError as exc:
             raise ClientGone("the client stopped sending the body") from exc
-        except (ConnectionError, aiohttp.ClientError, aiohttp.http_exceptions.HttpProcessingError,
-                aiohttp.EofStream) as exc:
+        except (
+            ConnectionError,
+            aiohttp.ClientError,
+            aiohttp.http_exceptions.HttpProcessingError,
+            aiohttp.EofStream,
+        ) as exc:
             raise ClientGone("the connection was lost before the body was complete") from exc
         if not data:
             break
@@ -149,10 +155,10 @@ async def _raw_chunks(request: web.Request, timeout: float) -> AsyncIterator[byt
         raise ClientGone("the body ended before Content-Length bytes arrived")
 
 
-async def _part_chunks(part: BodyPartReader, timeout: float) -> AsyncIterator[bytes]:
+async def _part_chunks(part: BodyPartReader, idle_timeout: float) -> AsyncIterator[bytes]:
     while True:
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(idle_timeout):
                 data = await part.read_chunk(READ_SIZE)
         except TimeoutError as exc:
             raise ClientGone("the client stopped sending the body") from exc
@@ -165,12 +171,12 @@ async def _part_chunks(part: BodyPartReader, timeout: float) -> AsyncIterator[by
         yield data
 
 
-async def open_body(request: web.Request, timeout: float) -> Body:
+async def open_body(request: web.Request, idle_timeout: float) -> Body:
     """The file's bytes: the raw body, or the first file part of a form."""
     if request.content_type != "multipart/form-data":
-        return Body(_raw_chunks(request, timeout))
+        return Body(_raw_chunks(request, idle_timeout))
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(idle_timeout):
             reader = await request.multipart()
             while True:
                 part = await reader.next()
@@ -186,4 +192,4 @@ async def open_body(request: web.Request, timeout: float) -> Body:
         raise BadRequest("the multipart body is malformed") from exc
     filename = validate_filename(part.filename)
     content_type = _content_type(part.headers.get("Content-Type"))
-    return Body(_part_chunks(part, timeout), filename=filename, content_type=content_type)
+    return Body(_part_chunks(part, idle_timeout), filename=filename, content_type=content_type)

@@ -16,10 +16,10 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from filestore.errors import MetadataUnavailable, NotFound
 from filestore.metadata.base import (
@@ -83,39 +83,54 @@ _FILE_COLUMNS = (
     "id, tenant, state, kek_id, created_at, expires_at, size, sealed, max_downloads, "
     "downloads, delete_reason, deleted_at, lease_owner, lease_expires"
 )
+_FILE_COLUMNS_F = ", ".join("f." + c.strip() for c in _FILE_COLUMNS.split(","))
 
 
-def _file_from_row(row: tuple[object, ...]) -> FileRecord:
-    (fid, tenant, state, kek_id, created, expires, size, sealed, maxd, downloads, reason,
-     deleted, owner, lease) = row
+def _file_from_row(row: Sequence[Any]) -> FileRecord:
+    (
+        fid,
+        tenant,
+        state,
+        kek_id,
+        created,
+        expires,
+        size,
+        sealed,
+        maxd,
+        downloads,
+        reason,
+        deleted,
+        owner,
+        lease,
+    ) = row
     return FileRecord(
-        id=bytes(fid),  # type: ignore[arg-type]
+        id=bytes(fid),
         tenant=str(tenant),
         state=FileState(state),
-        kek_id=int(kek_id),  # type: ignore[call-overload]
-        created_at=float(created),  # type: ignore[arg-type]
-        expires_at=float(expires),  # type: ignore[arg-type]
-        size=None if size is None else int(size),  # type: ignore[call-overload]
-        sealed=None if sealed is None else bytes(sealed),  # type: ignore[arg-type]
-        max_downloads=None if maxd is None else int(maxd),  # type: ignore[call-overload]
-        downloads=int(downloads),  # type: ignore[call-overload]
+        kek_id=int(kek_id),
+        created_at=float(created),
+        expires_at=float(expires),
+        size=None if size is None else int(size),
+        sealed=None if sealed is None else bytes(sealed),
+        max_downloads=None if maxd is None else int(maxd),
+        downloads=int(downloads),
         delete_reason=None if reason is None else DeleteReason(reason),
-        deleted_at=None if deleted is None else float(deleted),  # type: ignore[arg-type]
+        deleted_at=None if deleted is None else float(deleted),
         lease_owner=None if owner is None else str(owner),
-        lease_expires=None if lease is None else float(lease),  # type: ignore[arg-type]
+        lease_expires=None if lease is None else float(lease),
     )
 
 
-def _api_key_from_row(row: tuple[object, ...]) -> ApiKeyRecord:
+def _api_key_from_row(row: Sequence[Any]) -> ApiKeyRecord:
     key_id, secret_hash, role, tenant, label, created, revoked = row
     return ApiKeyRecord(
         key_id=str(key_id),
-        secret_hash=bytes(secret_hash),  # type: ignore[arg-type]
+        secret_hash=bytes(secret_hash),
         role=Role(role),
         tenant=str(tenant),
         label=str(label),
-        created_at=float(created),  # type: ignore[arg-type]
-        revoked_at=None if revoked is None else float(revoked),  # type: ignore[arg-type]
+        created_at=float(created),
+        revoked_at=None if revoked is None else float(revoked),
     )
 
 
@@ -148,6 +163,8 @@ class SQLiteMetadataStore:
             raise MetadataUnavailable("the metadata database is unavailable") from exc
         except sqlite3.DatabaseError as exc:
             raise MetadataUnavailable("the metadata database failed") from exc
+        except OSError as exc:
+            raise MetadataUnavailable("the metadata database cannot be opened") from exc
 
     def _connect(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -205,8 +222,14 @@ class SQLiteMetadataStore:
             conn.execute(
                 "INSERT INTO files (id, tenant, state, kek_id, created_at, expires_at, "
                 "max_downloads) VALUES (?, ?, 'uploading', ?, ?, ?, ?)",
-                (record.id, record.tenant, record.kek_id, record.created_at,
-                 record.expires_at, record.max_downloads),
+                (
+                    record.id,
+                    record.tenant,
+                    record.kek_id,
+                    record.created_at,
+                    record.expires_at,
+                    record.max_downloads,
+                ),
             )
             conn.execute(
                 "INSERT INTO file_keys (file_id, kek_id, wrapped_dek) VALUES (?, ?, ?)",
@@ -239,8 +262,8 @@ class SQLiteMetadataStore:
     async def load(self, file_id: bytes) -> tuple[FileRecord, FileKey | None] | None:
         def fn(conn: sqlite3.Connection) -> tuple[FileRecord, FileKey | None] | None:
             row = conn.execute(
-                f"SELECT {_FILE_COLUMNS}, k.kek_id, k.wrapped_dek FROM files "
-                "LEFT JOIN file_keys AS k ON k.file_id = files.id WHERE id = ?",
+                f"SELECT {_FILE_COLUMNS_F}, k.kek_id, k.wrapped_dek FROM files AS f "
+                "LEFT JOIN file_keys AS k ON k.file_id = f.id WHERE f.id = ?",
                 (file_id,),
             ).fetchone()
             if row is None:
@@ -327,8 +350,7 @@ class SQLiteMetadataStore:
             conn.execute(
                 "INSERT INTO api_keys (key_id, secret_hash, role, tenant, label, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (key.key_id, key.secret_hash, str(key.role), key.tenant, key.label,
-                 key.created_at),
+                (key.key_id, key.secret_hash, str(key.role), key.tenant, key.label, key.created_at),
             )
 
         await self._run(self._tx(fn))

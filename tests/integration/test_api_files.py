@@ -1,0 +1,401 @@
+"""The HTTP API for files, end to end through a real aiohttp server."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import sqlite3
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from filestore.crypto import CHUNK_SIZE
+from filestore.metadata.base import Role
+from tests.support.gateway import Gateway, running_gateway
+
+PROBLEM = "application/problem+json"
+
+
+async def assert_problem(resp: aiohttp.ClientResponse, status: int, slug: str) -> dict[str, object]:
+    assert resp.status == status, await resp.text()
+    assert resp.content_type == PROBLEM
+    body = await resp.json(content_type=PROBLEM)
+    assert body["type"] == f"urn:filestore:problem:{slug}"
+    assert body["status"] == status
+    assert "request_id" in body
+    return body  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 3 * (1 << 20) + 7]
+)
+async def test_raw_round_trip(gateway: Gateway, size: int) -> None:
+    data = os.urandom(size)
+    meta = await gateway.upload(
+        data, params={"filename": "report.pdf"}, headers={"Content-Type": "application/pdf"}
+    )
+    assert meta["size"] == size
+    assert meta["sha256"] == hashlib.sha256(data).hexdigest()
+    assert meta["url"].endswith(f"/v1/files/{meta['id']}")
+    assert meta["expires_at"].endswith("Z")
+    resp = await gateway.get(meta["id"])
+    assert resp.status == 200
+    assert await resp.read() == data
+    assert resp.headers["Content-Type"] == "application/pdf"
+    assert resp.headers["Cache-Control"] == "no-store"
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    assert resp.headers["ETag"] == f'"{meta["id"]}"'
+    assert resp.headers["Content-Length"] == str(size)
+    assert 'filename="report.pdf"' in resp.headers["Content-Disposition"]
+
+
+async def test_upload_location_and_chunked_body(gateway: Gateway) -> None:
+    data = os.urandom(200_000)
+
+    async def gen():  # type: ignore[no-untyped-def]
+        for i in range(0, len(data), 7000):
+            yield data[i : i + 7000]
+
+    resp = await gateway.client.post("/v1/files", data=gen(), headers=await gateway.auth())
+    assert resp.status == 201
+    meta = await resp.json()
+    assert resp.headers["Location"] == f"/v1/files/{meta['id']}"
+    assert await (await gateway.get(meta["id"])).read() == data
+
+
+async def test_multipart_upload(gateway: Gateway) -> None:
+    data = os.urandom(100_000)
+    form = aiohttp.FormData()
+    form.add_field("note", "ignored")
+    form.add_field("file", data, filename="Résumé 2026.txt", content_type="text/plain")
+    resp = await gateway.client.post("/v1/files", data=form, headers=await gateway.auth())
+    assert resp.status == 201, await resp.text()
+    meta = await resp.json()
+    assert meta["filename"] == "Résumé 2026.txt"
+    assert meta["content_type"] == "text/plain"
+    assert meta["size"] == len(data)
+    got = await gateway.get(meta["id"])
+    assert await got.read() == data
+    disposition = got.headers["Content-Disposition"]
+    assert "filename*=UTF-8''R%C3%A9sum%C3%A9%202026.txt" in disposition
+    assert 'filename="R_sum_ 2026.txt"' in disposition
+
+
+async def test_multipart_without_file_part(gateway: Gateway) -> None:
+    form = aiohttp.FormData()
+    form.add_field("note", "no file here")
+    resp = await gateway.client.post("/v1/files", data=form(), headers=await gateway.auth())
+    await assert_problem(resp, 400, "bad-request")
+    assert gateway.blob_files() == []
+
+
+async def test_malformed_multipart(gateway: Gateway) -> None:
+    resp = await gateway.client.post(
+        "/v1/files",
+        data=b"this is not a form",
+        headers={**(await gateway.auth()), "Content-Type": "multipart/form-data; boundary=xyz"},
+    )
+    await assert_problem(resp, 400, "bad-request")
+    assert gateway.blob_files() == []
+
+
+async def test_filename_from_content_disposition(gateway: Gateway) -> None:
+    meta = await gateway.upload(
+        b"x", headers={"Content-Disposition": "attachment; filename*=UTF-8''%E6%97%A5%E6%9C%AC.txt"}
+    )
+    assert meta["filename"] == "日本.txt"
+
+
+@pytest.mark.parametrize(
+    ("first", "last"),
+    [
+        (0, 0),
+        (CHUNK_SIZE - 1, CHUNK_SIZE),
+        (CHUNK_SIZE, 2 * CHUNK_SIZE - 1),
+        (5, 3 * CHUNK_SIZE + 17),
+        (70 * CHUNK_SIZE - 3, 70 * CHUNK_SIZE + 3),  # across a 1 MiB batch edge
+        (0, 100 * CHUNK_SIZE + 99),
+        (100 * CHUNK_SIZE + 99, 100 * CHUNK_SIZE + 99),
+    ],
+)
+async def test_ranges(gateway: Gateway, first: int, last: int) -> None:
+    data = os.urandom(100 * CHUNK_SIZE + 100)
+    meta = await gateway.upload(data)
+    resp = await gateway.get(meta["id"], headers={"Range": f"bytes={first}-{last}"})
+    assert resp.status == 206
+    assert await resp.read() == data[first : last + 1]
+    assert resp.headers["Content-Range"] == f"bytes {first}-{last}/{len(data)}"
+
+
+async def test_suffix_range_and_if_range(gateway: Gateway) -> None:
+    data = os.urandom(50_000)
+    meta = await gateway.upload(data)
+    resp = await gateway.get(meta["id"], headers={"Range": "bytes=-10"})
+    assert resp.status == 206 and await resp.read() == data[-10:]
+    stale = await gateway.get(meta["id"], headers={"Range": "bytes=0-9", "If-Range": '"other"'})
+    assert stale.status == 200 and await stale.read() == data
+    etag = resp.headers["ETag"]
+    cond = await gateway.get(meta["id"], headers={"If-None-Match": etag})
+    assert cond.status == 304
+
+
+async def test_unsatisfiable_range(gateway: Gateway) -> None:
+    meta = await gateway.upload(b"0123456789")
+    resp = await gateway.get(meta["id"], headers={"Range": "bytes=10-"})
+    await assert_problem(resp, 416, "range-not-satisfiable")
+    assert resp.headers["Content-Range"] == "bytes */10"
+
+
+async def test_head(gateway: Gateway) -> None:
+    meta = await gateway.upload(b"hello", params={"filename": "a.txt"})
+    resp = await gateway.client.head(f"/v1/files/{meta['id']}", headers=await gateway.auth())
+    assert resp.status == 200
+    assert resp.headers["Content-Length"] == "5"
+    assert resp.headers["X-Checksum-SHA256"] == hashlib.sha256(b"hello").hexdigest()
+    assert "X-Expires-At" in resp.headers and "Expires" in resp.headers
+
+
+async def test_size_limit_leaves_nothing(tmp_path: Path) -> None:
+    async with running_gateway(tmp_path, max_file_size=100_000) as gw:
+        resp = await gw.client.post("/v1/files", data=os.urandom(300_000), headers=await gw.auth())
+        await assert_problem(resp, 413, "too-large")
+        assert gw.blob_files() == []
+        assert _file_rows(gw) == 0
+        ok = await gw.upload(os.urandom(100_000))
+        assert ok["size"] == 100_000
+
+
+def _file_rows(gw: Gateway) -> int:
+    conn = sqlite3.connect(gw.settings.database_path)
+    try:
+        return int(
+            conn.execute("SELECT count(*) FROM files").fetchone()[0]
+            + conn.execute("SELECT count(*) FROM file_keys").fetchone()[0]
+        )
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("header", ["Content-Digest", "X-Checksum-SHA256"])
+async def test_checksum(gateway: Gateway, header: str) -> None:
+    data = os.urandom(40_000)
+    digest = hashlib.sha256(data).digest()
+    good = (
+        f"sha-256=:{base64.b64encode(digest).decode()}:"
+        if header == "Content-Digest"
+        else digest.hex()
+    )
+    meta = await gateway.upload(data, headers={header: good})
+    assert meta["sha256"] == digest.hex()
+    rows = _file_rows(gateway)
+    blobs = gateway.blob_files()
+    resp = await gateway.client.post(
+        "/v1/files", data=data + b"!", headers={**(await gateway.auth()), header: good}
+    )
+    await assert_problem(resp, 422, "checksum-mismatch")
+    assert gateway.blob_files() == blobs
+    assert _file_rows(gateway) == rows
+
+
+@pytest.mark.parametrize(
+    ("params", "headers"),
+    [
+        ({"ttl": "forever"}, {}),
+        ({"ttl": "25h"}, {}),
+        ({"ttl": "0"}, {}),
+        ({"max_downloads": "0"}, {}),
+        ({"max_downloads": "-1"}, {}),
+        ({"filename": "../etc/passwd"}, {}),
+        ({"filename": "a\\b"}, {}),
+        ({"filename": "bell\x07"}, {}),
+        ({"filename": "x" * 256}, {}),
+        ({"colour": "red"}, {}),
+        ({}, {"X-Checksum-SHA256": "abc"}),
+        ({}, {"Content-Digest": "md5=:AAAA:"}),
+        ({}, {"Content-Type": "not a type"}),
+    ],
+)
+async def test_bad_upload_options(
+    gateway: Gateway, params: dict[str, str], headers: dict[str, str]
+) -> None:
+    resp = await gateway.client.post(
+        "/v1/files", data=b"data", params=params, headers={**(await gateway.auth()), **headers}
+    )
+    await assert_problem(resp, 400, "bad-request")
+    assert gateway.blob_files() == []
+    assert _file_rows(gateway) == 0
+
+
+async def test_expiry_is_read_from_the_clock(gateway: Gateway) -> None:
+    meta = await gateway.upload(b"short-lived", params={"ttl": "1m"})
+    gateway.clock.advance(59.9)
+    assert (await gateway.get(meta["id"])).status == 200
+    gateway.clock.advance(0.1)
+    await assert_problem(await gateway.get(meta["id"]), 410, "gone")
+    head = await gateway.client.head(f"/v1/files/{meta['id']}", headers=await gateway.auth())
+    assert head.status == 410
+
+
+async def test_default_and_max_ttl(gateway: Gateway) -> None:
+    meta = await gateway.upload(b"x")
+    default = await gateway.upload(b"x", params={"ttl": "23h58m"})
+    assert meta["expires_at"] < default["expires_at"]
+
+
+async def test_tenant_isolation(gateway: Gateway) -> None:
+    meta = await gateway.upload(b"secret", tenant="acme")
+    fid = meta["id"]
+    other = await gateway.auth("globex")
+    for method in ("GET", "HEAD", "DELETE"):
+        resp = await gateway.client.request(method, f"/v1/files/{fid}", headers=other)
+        assert resp.status == 404, method
+    assert (await gateway.get(fid)).status == 200
+
+
+async def test_auth(gateway: Gateway) -> None:
+    meta = await gateway.upload(b"x")
+    url = f"/v1/files/{meta['id']}"
+    body = await assert_problem(await gateway.client.get(url), 401, "unauthorized")
+    assert "Bearer" in str(body["detail"])
+    for token in ("Bearer nope", "Basic abc", "Bearer fs_000000000000_" + "A" * 43):
+        resp = await gateway.client.get(url, headers={"Authorization": token})
+        await assert_problem(resp, 401, "unauthorized")
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+    ops = await gateway.auth("acme", Role.OPERATOR)
+    await assert_problem(await gateway.client.get(url, headers=ops), 403, "forbidden")
+    key = await gateway.key()
+    key_id = key.split("_")[1]
+    assert await gateway.services.metadata.revoke_api_key(key_id, gateway.clock.now())
+    await assert_problem(await gateway.get(meta["id"]), 401, "unauthorized")
+
+
+async def test_delete(gateway: Gateway) -> None:
+    data = os.urandom(50_000)
+    meta = await gateway.upload(data)
+    assert len(gateway.blob_files()) == 1
+    resp = await gateway.client.delete(f"/v1/files/{meta['id']}", headers=await gateway.auth())
+    assert resp.status == 204
+    assert gateway.blob_files() == []
+    await assert_problem(await gateway.get(meta["id"]), 410, "gone")
+    again = await gateway.client.delete(f"/v1/files/{meta['id']}", headers=await gateway.auth())
+    await assert_problem(again, 410, "gone")
+    conn = sqlite3.connect(gateway.settings.database_path)
+    try:
+        assert conn.execute("SELECT count(*) FROM file_keys").fetchone()[0] == 0
+        state, reason, sealed = conn.execute(
+            "SELECT state, delete_reason, sealed FROM files"
+        ).fetchone()
+        assert (state, reason, sealed) == ("purged", "client_request", None)
+    finally:
+        conn.close()
+
+
+async def test_max_downloads(gateway: Gateway) -> None:
+    meta = await gateway.upload(b"once", params={"max_downloads": "1"})
+    first = await gateway.get(meta["id"])
+    assert first.status == 200 and await first.read() == b"once"
+    await assert_problem(await gateway.get(meta["id"]), 410, "gone")
+    assert gateway.blob_files() == []
+
+
+@pytest.mark.parametrize("path", ["/v1/files/abc", "/v1/files/" + "A" * 22, "/nope"])
+async def test_unknown_things_are_problem_404(gateway: Gateway, path: str) -> None:
+    await assert_problem(
+        await gateway.client.get(path, headers=await gateway.auth()), 404, "not-found"
+    )
+
+
+async def test_wrong_method_is_problem_405(gateway: Gateway) -> None:
+    resp = await gateway.client.put("/v1/files", headers=await gateway.auth())
+    await assert_problem(resp, 405, "method-not-allowed")
+
+
+async def test_at_rest_nothing_in_clear(gateway: Gateway) -> None:
+    marker = b"PLAINTEXT-MARKER-" * 4000
+    name = "very-private-name-4711.docx"
+    await gateway.upload(marker, params={"filename": name})
+    (blob,) = gateway.blob_files()
+    stored = blob.read_bytes()
+    assert b"PLAINTEXT-MARKER" not in stored
+    assert hashlib.sha256(marker).hexdigest().encode() not in stored
+    db_dir = gateway.settings.database_path.parent
+    for path in db_dir.glob("filestore.db*"):
+        content = path.read_bytes()
+        assert name.encode() not in content, path.name
+        assert hashlib.sha256(marker).hexdigest().encode() not in content, path.name
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+async def test_tampered_first_chunk_fails_before_headers(gateway: Gateway) -> None:
+    meta = await gateway.upload(os.urandom(3 * (1 << 20)))
+    (blob,) = gateway.blob_files()
+    _flip(blob, 88 + 10)
+    await assert_problem(await gateway.get(meta["id"]), 500, "integrity")
+
+
+async def test_tampered_final_chunk_fails_before_headers(gateway: Gateway) -> None:
+    meta = await gateway.upload(os.urandom(3 * (1 << 20) + 5))
+    (blob,) = gateway.blob_files()
+    _flip(blob, blob.stat().st_size - 3)
+    await assert_problem(await gateway.get(meta["id"]), 500, "integrity")
+
+
+async def test_truncated_blob_fails_before_headers(gateway: Gateway) -> None:
+    meta = await gateway.upload(os.urandom(100_000))
+    (blob,) = gateway.blob_files()
+    blob.write_bytes(blob.read_bytes()[:-16400])
+    await assert_problem(await gateway.get(meta["id"]), 500, "integrity")
+
+
+async def test_tampered_middle_chunk_aborts_the_body(gateway: Gateway) -> None:
+    data = os.urandom(3 * (1 << 20))
+    meta = await gateway.upload(data)
+    (blob,) = gateway.blob_files()
+    _flip(blob, 88 + 100 * 16400 + 5)  # inside the second 1 MiB batch
+    resp = await gateway.get(meta["id"])
+    assert resp.status == 200
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+
+
+async def test_health_and_openapi(gateway: Gateway) -> None:
+    assert (await gateway.client.get("/healthz")).status == 200
+    ready = await gateway.client.get("/readyz")
+    assert ready.status == 200
+    assert (await ready.json())["checks"] == {"database": "ok", "storage": "ok"}
+    doc = await (await gateway.client.get("/openapi.json")).json()
+    described = {
+        (path, method.upper())
+        for path, ops in doc["paths"].items()
+        for method in ops
+        if method != "parameters"
+    }
+    app = gateway.client.server.app
+    assert app is not None
+    routed = set()
+    for resource in app.router.resources():
+        info = resource.get_info()
+        path = info.get("path") or info.get("formatter")
+        for route in resource:
+            if route.method != "*":
+                routed.add((path, route.method))
+    assert routed - {(p, "HEAD") for p, m in routed if m == "GET"} <= described | routed
+    assert {r for r in routed if r[1] != "HEAD" or r[0] == "/v1/files/{id}"} == described
+
+
+async def test_readyz_reports_failing_storage(gateway: Gateway) -> None:
+    import shutil
+
+    shutil.rmtree(gateway.settings.blob_dir)
+    gateway.settings.blob_dir.write_text("not a directory")
+    resp = await gateway.client.get("/readyz")
+    assert resp.status == 503
+    assert (await resp.json())["checks"]["storage"] == "failing"
+    assert resp.headers["Retry-After"]
