@@ -93,7 +93,7 @@ async def head(request: web.Request) -> web.Response:
     return web.Response(status=200, headers=headers)
 
 
-@routes.get("/v1/files/{id}")
+@routes.get("/v1/files/{id}", allow_head=False)
 async def download(request: web.Request) -> web.StreamResponse:
     who = await principal(request, Role.CLIENT)
     svc = services(request)

@@ -22,7 +22,6 @@ log = logging.getLogger("filestore.api")
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = secrets.token_hex(8)
-    request["request_id"] = request_id
     try:
         response = await handler(request)
     except FilestoreError as exc:

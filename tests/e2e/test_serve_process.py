@@ -45,7 +45,21 @@ def _start(tmp_path: Path, port: int) -> tuple[subprocess.Popen[str], list[str]]
             return proc, lines
     proc.kill()
     proc.wait(10)
+    proc.stdout.close()
     pytest.fail("filestore serve did not start:\n" + "\n".join(lines))
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM, and the process must exit cleanly on its own."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        assert proc.stdout is not None
+        proc.stdout.close()
 
 
 def _request(method: str, url: str, key: str, data: bytes | None = None) -> tuple[int, bytes]:
@@ -87,16 +101,14 @@ def test_serve_first_start_upload_download_and_stop(tmp_path: Path) -> None:
         assert _request("DELETE", f"{base}/v1/files/{file_id}", key)[0] == 204
         assert _request("GET", f"{base}/v1/files/{file_id}", key)[0] == 410
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
+        _stop(proc)
 
     # A second start on the same data directory makes no new key.
     proc, lines = _start(tmp_path, port)
     try:
         assert not any(line.startswith("API key:") for line in lines)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
+        _stop(proc)
 
 
 def test_keys_cli(tmp_path: Path) -> None:

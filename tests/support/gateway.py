@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,7 @@ class Gateway:
     ) -> dict[str, Any]:
         resp = await self.client.post(
             "/v1/files",
-            data=data,
+            data=io.BytesIO(data),
             params=params or {},
             headers={**(await self.auth(tenant)), **(headers or {})},
         )
