@@ -77,6 +77,11 @@ def _setup_logging(level: str) -> None:
 
 
 async def _serve(settings: Settings) -> None:
+    # Handlers first: a SIGTERM at any point after start-up is a clean stop.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     async with open_services(settings, SystemClock()) as services:
         first_key = await ensure_first_key(services)
         if first_key is not None:
@@ -92,10 +97,6 @@ async def _serve(settings: Settings) -> None:
         if server is not None and server.sockets:
             port = server.sockets[0].getsockname()[1]
         print(f"filestore {__version__} listening on http://{settings.host}:{port}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         try:
             await stop.wait()
         finally:

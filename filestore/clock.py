@@ -43,6 +43,6 @@ class ManualClock:
 
 def rfc3339(ts: float) -> str:
     """Format Unix seconds as an RFC 3339 UTC timestamp with a ``Z`` suffix."""
-    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
+    return (
+        datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     )

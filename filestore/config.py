@@ -137,8 +137,9 @@ class Settings:
         )
 
     @property
-    def blob_dir(self) -> Path:
-        return self.data_dir / "blobs"
+    def storage_dir(self) -> Path:
+        """Root of the local blob store (``blobs/`` and ``tmp/`` below it)."""
+        return self.data_dir / "storage"
 
     # --------------------------------------------------------------- building
     @classmethod

@@ -48,7 +48,7 @@ async def open_metadata(settings: Settings) -> MetadataStore:
 
 async def open_blobs(settings: Settings) -> BlobStore:
     if settings.storage == "local":
-        return await LocalBlobStore.open(settings.blob_dir)
+        return await LocalBlobStore.open(settings.storage_dir)
     raise ConfigError(f"FILESTORE_STORAGE={settings.storage!r} is not supported")
 
 

@@ -13,7 +13,7 @@ boundary with ``raise ... from exc``. A missing blob on read raises
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -44,21 +44,31 @@ class BlobStore(Protocol):
     name: str
 
     async def create(self, name: str) -> BlobWriter:
-        """Start writing a new blob called ``name``."""
+        """Start writing a new blob called ``name``.
 
-    def read(self, name: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        If a blob of that name is committed again, the last commit wins. An
+        ``abort`` after ``commit`` returned does nothing.
+        """
+
+    def read(
+        self, name: str, offset: int = 0, length: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
         """Stream ``length`` bytes (to the end when None) from ``offset``.
 
         Yields pieces of at most about 1 MiB. Raises NotFound if the blob does
-        not exist.
+        not exist. Callers that stop early ``aclose()`` the generator so the
+        backend releases its handle at once.
         """
 
     async def size(self, name: str) -> int | None:
         """The stored size in bytes, or None if there is no such blob."""
 
     async def delete(self, name: str) -> None:
-        """Remove the blob irreversibly from this store; a missing blob is not
-        an error. Returns only once the removal is durable."""
+        """Remove the blob irreversibly from this store, together with any
+        partial upload of the same name (a crash's leftovers, an unaborted
+        multipart upload), so the orphan sweep needs one call per name. A
+        missing blob is not an error. Returns only once the removal is
+        durable."""
 
     async def exists(self, name: str) -> bool:
         """Whether any copy of the blob is still readable (used to verify
@@ -83,5 +93,5 @@ class StoredBlob:
 class ListableBlobStore(Protocol):
     """Optional ability: list every blob, for the orphan sweep."""
 
-    def list_blobs(self) -> AsyncIterator[StoredBlob]:
+    def list_blobs(self) -> AsyncGenerator[StoredBlob, None]:
         """Yield every committed blob and any partial upload left behind."""

@@ -71,14 +71,21 @@ async def test_multipart_upload(gateway: Gateway) -> None:
     # As curl -F sends it: the UTF-8 name raw in filename="...".
     boundary = "----filestore-test-boundary"
     form = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nignored\r\n"
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-        f'filename="Résumé 2026.txt"\r\nContent-Type: text/plain\r\n\r\n'
-    ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="note"\r\n\r\nignored\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="Résumé 2026.txt"\r\nContent-Type: text/plain\r\n\r\n'
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     resp = await gateway.client.post(
-        "/v1/files", data=io.BytesIO(form),
-        headers={**(await gateway.auth()),
-                 "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        "/v1/files",
+        data=io.BytesIO(form),
+        headers={
+            **(await gateway.auth()),
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+        },
     )
     assert resp.status == 201, await resp.text()
     meta = await resp.json()
@@ -112,8 +119,7 @@ async def test_malformed_multipart(gateway: Gateway) -> None:
 
 async def test_multipart_from_aiohttp_client(gateway: Gateway) -> None:
     form = aiohttp.FormData()
-    form.add_field("file", io.BytesIO(b"abc" * 1000), filename="plain.csv",
-                   content_type="text/csv")
+    form.add_field("file", io.BytesIO(b"abc" * 1000), filename="plain.csv", content_type="text/csv")
     resp = await gateway.client.post("/v1/files", data=form, headers=await gateway.auth())
     assert resp.status == 201
     meta = await resp.json()
@@ -178,7 +184,9 @@ async def test_head(gateway: Gateway) -> None:
 
 async def test_size_limit_leaves_nothing(tmp_path: Path) -> None:
     async with running_gateway(tmp_path, max_file_size=100_000) as gw:
-        resp = await gw.client.post("/v1/files", data=io.BytesIO(os.urandom(300_000)), headers=await gw.auth())
+        resp = await gw.client.post(
+            "/v1/files", data=io.BytesIO(os.urandom(300_000)), headers=await gw.auth()
+        )
         await assert_problem(resp, 413, "too-large")
         assert gw.blob_files() == []
         assert _file_rows(gw) == 0
@@ -412,8 +420,8 @@ async def test_health_and_openapi(gateway: Gateway) -> None:
 async def test_readyz_reports_failing_storage(gateway: Gateway) -> None:
     import shutil
 
-    shutil.rmtree(gateway.settings.blob_dir)
-    gateway.settings.blob_dir.write_text("not a directory")
+    shutil.rmtree(gateway.settings.storage_dir)
+    gateway.settings.storage_dir.write_text("not a directory")
     resp = await gateway.client.get("/readyz")
     assert resp.status == 503
     assert (await resp.json())["checks"]["storage"] == "failing"

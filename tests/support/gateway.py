@@ -65,7 +65,7 @@ class Gateway:
         )
 
     def blob_files(self) -> list[Path]:
-        root = self.settings.blob_dir
+        root = self.settings.storage_dir
         return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
 
 

@@ -1,0 +1,250 @@
+"""The keyring: key-encryption keys (KEKs) that wrap every file's DEK.
+
+A KEK is 32 random bytes with a uint32 id. New DEKs are wrapped under the
+active KEK; the wrapped DEK and the KEK id go to the metadata database. Rotating
+adds a KEK and makes it active; destroying one removes it from the file for
+good, which makes every DEK wrapped under it — including stale copies in
+database WAL frames, dead tuples, replicas and backups — undecryptable.
+
+The keyring file is JSON, mode 0600, rewritten atomically on each change::
+
+    {"format": "filestore-keyring/1", "active": 2,
+     "keys": [{"id": 1, "created_at": 1800000000.0, "key": "<base64>"}, …]}
+
+:meth:`Keyring.load_or_create`, :meth:`Keyring.rotate` and
+:meth:`Keyring.destroy` do blocking file I/O (with fsync): run them in a
+thread (``asyncio.to_thread``). :meth:`Keyring.wrap` and :meth:`Keyring.unwrap`
+touch no files and are safe on the event loop; all methods are thread-safe.
+
+Each process holds the keyring in memory. Where several processes share one
+file, only one of them may rotate and destroy; the others call
+:meth:`Keyring.reload` (for instance when an unwrap raises KeyNotFound) to
+see the change.
+
+Key bytes never appear in a repr or an exception message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from filestore.crypto._files import ensure_private_dir, read_private_file, write_private_file
+from filestore.errors import ConfigError, IntegrityError, KeyNotFound
+
+__all__ = ["Keyring"]
+
+FORMAT: Final = "filestore-keyring/1"
+KEK_SIZE: Final = 32
+DEK_SIZE: Final = 32
+NONCE_SIZE: Final = 12
+WRAPPED_SIZE: Final = NONCE_SIZE + DEK_SIZE + 16
+WRAP_LABEL: Final = b"filestore/v1/dek-wrap"
+MAX_KEK_ID: Final = 0xFFFFFFFF
+
+
+def wrap_aad(kek_id: int, file_id: bytes) -> bytes:
+    """AAD of a wrapped DEK: binds it to its KEK id and its file, so a wrapped
+    key copied to another file's row (or relabelled) fails to unwrap."""
+    return WRAP_LABEL + b"\x00" + kek_id.to_bytes(4, "big") + file_id
+
+
+@dataclass(frozen=True)
+class _Kek:
+    created_at: float
+    key: bytes
+
+    def __repr__(self) -> str:
+        return f"_Kek(created_at={self.created_at})"
+
+
+class Keyring:
+    """The set of KEKs held in one keyring file; see the module docstring."""
+
+    def __init__(self, path: Path, keys: dict[int, _Kek], active: int) -> None:
+        """Use :meth:`load_or_create`; this constructor does not touch disk."""
+        if active not in keys:
+            raise ValueError("the active KEK must be in the keyring")
+        self._path = path
+        # One immutable snapshot, swapped whole: readers never lock (wrap and
+        # unwrap stay cheap on the event loop, even while a writer fsyncs),
+        # and writers are serialised by _write_lock.
+        self._state: tuple[dict[int, _Kek], int] = (dict(keys), active)
+        self._write_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        keys, active = self._state
+        return f"Keyring(path={str(self._path)!r}, active={active}, ids={sorted(keys)})"
+
+    # ------------------------------------------------------------------ files
+    @classmethod
+    def load_or_create(cls, path: Path, now: float) -> Keyring:
+        """Load the keyring at ``path``, or create it with KEK 1 if missing.
+
+        Missing directories are created with mode 0700. ConfigError (naming
+        the path, never a key) if the file is accessible by group or others
+        or is malformed. Blocking.
+        """
+        try:
+            raw = read_private_file(path)
+        except FileNotFoundError:
+            ensure_private_dir(path.parent)
+            ring = cls(path, {1: _Kek(float(now), os.urandom(KEK_SIZE))}, 1)
+            try:
+                write_private_file(path, cls._encode(*ring._state), replace=False)
+            except FileExistsError:
+                # Another process created it first: use theirs.
+                return cls._parse(path, read_private_file(path))
+            return ring
+        return cls._parse(path, raw)
+
+    def reload(self) -> None:
+        """Re-read the file, to see KEKs another process added or destroyed.
+        Blocking; ConfigError as for :meth:`load_or_create`."""
+        with self._write_lock:
+            self._state = self._parse(self._path, read_private_file(self._path))._state
+
+    @classmethod
+    def _parse(cls, path: Path, raw: bytes) -> Keyring:
+        # Errors are raised outside any ``except`` block so that no exception
+        # holding the file's text (JSONDecodeError.doc) is chained to them.
+        keys, active, problem = _decode(raw)
+        if problem is not None:
+            raise ConfigError(f"keyring file {path} is malformed: {problem}")
+        return cls(path, keys, active)
+
+    @staticmethod
+    def _encode(keys: dict[int, _Kek], active: int) -> bytes:
+        doc = {
+            "format": FORMAT,
+            "active": active,
+            "keys": [
+                {
+                    "id": kid,
+                    "created_at": kek.created_at,
+                    "key": base64.b64encode(kek.key).decode("ascii"),
+                }
+                for kid, kek in sorted(keys.items())
+            ],
+        }
+        return json.dumps(doc, indent=2).encode("ascii") + b"\n"
+
+    # ----------------------------------------------------------------- access
+    @property
+    def active_id(self) -> int:
+        """Id of the KEK new DEKs are wrapped under."""
+        return self._state[1]
+
+    def entries(self) -> list[tuple[int, float]]:
+        """``(id, created_at)`` of every KEK, by id."""
+        return [(kid, kek.created_at) for kid, kek in sorted(self._state[0].items())]
+
+    def wrap(self, dek: bytes, file_id: bytes) -> tuple[int, bytes]:
+        """Wrap ``dek`` under the active KEK: ``(kek_id, nonce ‖ ciphertext)``."""
+        if len(dek) != DEK_SIZE:
+            raise ValueError("a DEK is 32 bytes")
+        keys, kek_id = self._state
+        kek = keys[kek_id]
+        nonce = os.urandom(NONCE_SIZE)
+        return kek_id, nonce + AESGCM(kek.key).encrypt(nonce, dek, wrap_aad(kek_id, file_id))
+
+    def unwrap(self, kek_id: int, file_id: bytes, wrapped: bytes) -> bytes:
+        """The DEK of ``file_id``. KeyNotFound if KEK ``kek_id`` is not in the
+        keyring (destroyed or foreign); IntegrityError if the wrapped key was
+        altered or belongs to another file or KEK."""
+        kek = self._state[0].get(kek_id)
+        if kek is None:
+            raise KeyNotFound(f"key-encryption key {kek_id} is not in the keyring")
+        if len(wrapped) != WRAPPED_SIZE:
+            raise IntegrityError()
+        dek: bytes | None
+        try:
+            dek = AESGCM(kek.key).decrypt(
+                wrapped[:NONCE_SIZE], wrapped[NONCE_SIZE:], wrap_aad(kek_id, file_id)
+            )
+        except InvalidTag:
+            dek = None
+        if dek is None:
+            raise IntegrityError()
+        return dek
+
+    # --------------------------------------------------------------- changes
+    def rotate(self, now: float) -> int:
+        """Add a KEK with id ``max + 1``, make it active, persist; return its
+        id. Blocking. The in-memory keyring changes only once the file has."""
+        with self._write_lock:
+            keys = self._state[0]
+            new_id = max(keys) + 1
+            if new_id > MAX_KEK_ID:
+                raise ConfigError(f"keyring file {self._path} has run out of KEK ids")
+            keys = {**keys, new_id: _Kek(float(now), os.urandom(KEK_SIZE))}
+            write_private_file(self._path, self._encode(keys, new_id))
+            self._state = (keys, new_id)
+            return new_id
+
+    def destroy(self, kek_id: int) -> None:
+        """Remove KEK ``kek_id`` from the keyring and the file. Blocking.
+
+        ValueError for the active KEK; KeyNotFound if it is already gone (a
+        caller retrying after a crash may treat that as done).
+        """
+        with self._write_lock:
+            keys, active = self._state
+            if kek_id == active:
+                raise ValueError("the active key-encryption key cannot be destroyed")
+            if kek_id not in keys:
+                raise KeyNotFound(f"key-encryption key {kek_id} is not in the keyring")
+            keys = {kid: kek for kid, kek in keys.items() if kid != kek_id}
+            write_private_file(self._path, self._encode(keys, active))
+            self._state = (keys, active)
+
+
+def _decode(raw: bytes) -> tuple[dict[int, _Kek], int, str | None]:
+    """Parse a keyring file: ``(keys, active, None)`` or ``({}, 0, problem)``.
+
+    ``problem`` describes what is wrong without quoting the file.
+    """
+    try:
+        doc: Any = json.loads(raw)
+    except ValueError:
+        return {}, 0, "not valid JSON"
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        return {}, 0, f"expected an object with format {FORMAT!r}"
+    items = doc.get("keys")
+    if not isinstance(items, list) or not items:
+        return {}, 0, "'keys' must be a non-empty list"
+    keys: dict[int, _Kek] = {}
+    for n, item in enumerate(items):
+        if not isinstance(item, dict):
+            return {}, 0, f"key #{n} is not an object"
+        kid, created, encoded = item.get("id"), item.get("created_at"), item.get("key")
+        if type(kid) is not int or not 0 <= kid <= MAX_KEK_ID or kid in keys:
+            return {}, 0, f"key #{n} has a missing, duplicate or out-of-range id"
+        if not isinstance(created, int | float) or isinstance(created, bool):
+            return {}, 0, f"key {kid} has no numeric created_at"
+        key = _b64(encoded)
+        if key is None or len(key) != KEK_SIZE:
+            return {}, 0, f"key {kid} is not 32 bytes of base64"
+        keys[kid] = _Kek(float(created), key)
+    active = doc.get("active")
+    if type(active) is not int or active not in keys:
+        return {}, 0, "'active' does not name a key in the file"
+    return keys, active, None
+
+
+def _b64(value: object) -> bytes | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None

@@ -1,0 +1,496 @@
+"""Local-disk blob store: the embedded default backend.
+
+Layout under ``root`` (directories 0700, files 0600)::
+
+    blobs/<name[0:2]>/<name[2:4]>/<name>   committed blobs (two levels of 256
+                                           shards keep each directory small)
+    tmp/<name>.<random hex>.part           uploads in progress, or left by a crash
+
+``tmp`` sits on the same filesystem as ``blobs``, so publishing a blob is one
+atomic rename: a reader sees the old blob or the whole new one, never a prefix.
+Commit goes the litestream way (fsync the file, rename it into place, fsync the
+directory; parents of shard directories are fsync'd once per process), so a
+committed blob survives power loss. A crash before that leaves only a ``.part``
+file, which :meth:`LocalBlobStore.list_blobs` reports under its blob name and
+:meth:`LocalBlobStore.delete` removes together with the blob.
+
+Threads: every call that can block (open, write, fsync, rename, unlink, stat,
+scandir, pread, close) runs in the store's own bounded ``ThreadPoolExecutor``.
+Not aiofiles: it shares the loop's default executor with everything else, has
+no ``pread`` or directory fsync, and costs one thread hop per call where a
+commit needs six calls in one hop; an executor of our own is also something
+:meth:`LocalBlobStore.close` can drain. Thread work is awaited through
+:func:`asyncio.shield`, so cancelling a caller never cancels a call half-way,
+and every job that closes a descriptor first waits for the job that used it:
+no descriptor is closed (and its number reused) under a running write or
+pread. A job only waits for one submitted before it and the pool's queue is
+FIFO, so the waiting cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import os
+import re
+import secrets
+import stat
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from pathlib import Path
+from typing import Any, TypeVar
+
+from filestore.errors import NotFound, StorageUnavailable
+from filestore.storage.base import BlobWriter, StoredBlob
+
+T = TypeVar("T")
+
+#: Largest piece :meth:`LocalBlobStore.read` yields.
+PIECE_SIZE = 1 << 20
+#: Blobs :meth:`LocalBlobStore.list_blobs` fetches per thread hop.
+LIST_BATCH = 1024
+
+_NAME = re.compile(r"[0-9a-f]{32}")
+_PART = re.compile(r"([0-9a-f]{32})\.[0-9a-f]+\.part")
+_SHARD = re.compile(r"[0-9a-f]{2}")
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
+def _check_name(name: str) -> None:
+    if _NAME.fullmatch(name) is None:
+        raise ValueError("a blob name is 32 lowercase hex characters")
+
+
+async def _settle(what: str, job: Future[T]) -> T:
+    """Await a thread job without ever cancelling it; OSError → StorageUnavailable."""
+    try:
+        return await asyncio.shield(asyncio.wrap_future(job))
+    except OSError as exc:
+        raise StorageUnavailable(f"local storage failed to {what}") from exc
+
+
+# ----------------------------------------------------- run in worker threads
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _unlink(path: Path) -> bool:
+    """Remove ``path``; False if it was already gone."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _open_blob(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise NotFound("no such blob") from exc
+
+
+def _stat_size(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return None
+
+
+def _after(previous: Future[Any] | None, fn: Callable[[], T]) -> Callable[[], T]:
+    """``fn`` to run once ``previous`` (a job using the same descriptor) is done."""
+
+    def run() -> T:
+        if previous is not None:
+            wait_futures([previous])
+        return fn()
+
+    return run
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def _close_opened(opening: Future[int], part: Path | None = None) -> None:
+    """Clean up after an open whose caller was cancelled before it got the fd."""
+    with contextlib.suppress(Exception):
+        _close_quietly(opening.result())
+    if part is not None:
+        _unlink(part)
+
+
+def _scan(path: Path | str) -> Iterator[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as entries:
+            yield from entries
+    except FileNotFoundError:  # removed while we walked: nothing in it to list
+        return
+
+
+def _stored(name: str, entry: os.DirEntry[str]) -> StoredBlob | None:
+    try:
+        return StoredBlob(name, entry.stat(follow_symlinks=False).st_mtime)
+    except FileNotFoundError:  # committed or deleted since it was listed
+        return None
+
+
+def _shards(path: Path | str) -> Iterator[os.DirEntry[str]]:
+    for entry in _scan(path):
+        if _SHARD.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+            yield entry
+
+
+def _take(walk: Iterator[StoredBlob], count: int) -> list[StoredBlob]:
+    return list(itertools.islice(walk, count))
+
+
+class LocalBlobStore:
+    """:class:`~filestore.storage.base.BlobStore` (and ``ListableBlobStore``) on
+    a local directory. Open with :meth:`open`; methods raise StorageUnavailable
+    for any I/O failure, ValueError for a malformed name, RuntimeError once
+    closed.
+
+    Overwriting: committing a name that exists replaces the blob atomically
+    (the last commit wins); a read already streaming keeps the old bytes.
+    """
+
+    name = "local"
+
+    def __init__(self, root: Path, *, max_workers: int = 8) -> None:
+        self._root = Path(root)
+        self._blobs = self._root / "blobs"
+        self._tmp = self._root / "tmp"
+        self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="filestore-local")
+        self._writers: set[_LocalWriter] = set()
+        self._durable_dirs: set[Path] = set()
+        self._closed = False
+
+    @classmethod
+    async def open(cls, root: Path, *, max_workers: int = 8) -> LocalBlobStore:
+        """Create ``root``, ``root/blobs`` and ``root/tmp`` (0700) if missing."""
+        store = cls(root, max_workers=max_workers)
+        try:
+            await store._run("prepare its directory", store._prepare)
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    # ---------------------------------------------------------------- plumbing
+    def _submit(self, fn: Callable[[], T]) -> Future[T]:
+        if self._closed:
+            raise RuntimeError("the blob store is closed")
+        return self._executor.submit(fn)
+
+    async def _run(self, what: str, fn: Callable[[], T]) -> T:
+        return await _settle(what, self._submit(fn))
+
+    def _path(self, name: str) -> Path:
+        return self._blobs / name[0:2] / name[2:4] / name
+
+    def _prepare(self) -> None:
+        for path in (self._root, self._blobs, self._tmp):
+            with contextlib.suppress(FileExistsError):
+                path.mkdir(_DIR_MODE, parents=path is self._root)
+                _fsync_dir(path.parent)
+            if not path.is_dir():
+                raise NotADirectoryError(f"{path.name} is not a directory")
+
+    def _make_durable_dir(self, path: Path) -> None:
+        """mkdir ``path`` if needed and fsync its parent, once per process."""
+        if path not in self._durable_dirs:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(path, _DIR_MODE)
+            _fsync_dir(path.parent)
+            self._durable_dirs.add(path)
+
+    def _publish(self, fd: int, part: Path, final: Path) -> None:
+        """fsync + close the part file, rename it to ``final``, fsync the shard."""
+        published = False
+        try:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._make_durable_dir(final.parent.parent)
+            self._make_durable_dir(final.parent)
+            os.replace(part, final)
+            published = True
+            _fsync_dir(final.parent)
+        except BaseException:
+            self._durable_dirs.difference_update((final.parent, final.parent.parent))
+            with contextlib.suppress(OSError):
+                os.unlink(final if published else part)
+            raise
+
+    def _remove_all(self, name: str) -> None:
+        path = self._path(name)
+        if _unlink(path):
+            _fsync_dir(path.parent)
+        removed = False
+        for entry in _scan(self._tmp):
+            if entry.name.startswith(name + ".") and entry.name.endswith(".part"):
+                removed |= _unlink(Path(entry.path))
+        if removed:
+            _fsync_dir(self._tmp)
+
+    def _probe(self) -> None:
+        if not stat.S_ISDIR(os.stat(self._blobs).st_mode):
+            raise NotADirectoryError("blobs is not a directory")
+        path = self._tmp / f"check.{secrets.token_hex(8)}.probe"
+        fd = os.open(path, _NEW_FILE, _FILE_MODE)
+        try:
+            _write_all(fd, b"filestore storage check\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(path)
+
+    def _walk(self) -> Generator[StoredBlob, None, None]:
+        for entry in _scan(self._tmp):
+            match = _PART.fullmatch(entry.name)
+            if match and (blob := _stored(match.group(1), entry)):
+                yield blob
+        for top in _shards(self._blobs):
+            for sub in _shards(top.path):
+                for entry in _scan(sub.path):
+                    name = entry.name
+                    if (
+                        _NAME.fullmatch(name)
+                        and (name[0:2], name[2:4]) == (top.name, sub.name)
+                        and entry.is_file(follow_symlinks=False)
+                        and (blob := _stored(name, entry))
+                    ):
+                        yield blob
+
+    # ------------------------------------------------------------------ public
+    async def create(self, name: str) -> BlobWriter:
+        """Start a blob; nothing is visible under ``name`` until commit."""
+        _check_name(name)
+        part = self._tmp / f"{name}.{secrets.token_hex(8)}.part"
+        opening = self._submit(functools.partial(os.open, part, _NEW_FILE, _FILE_MODE))
+        try:
+            fd = await _settle("create a blob", opening)
+        except asyncio.CancelledError:
+            self._submit(functools.partial(_close_opened, opening, part))
+            raise
+        writer = _LocalWriter(self, fd, part, self._path(name))
+        self._writers.add(writer)
+        return writer
+
+    async def read(
+        self, name: str, offset: int = 0, length: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        """Yield the bytes ``offset .. offset+length`` in pieces of at most
+        :data:`PIECE_SIZE`; stops early at the end of the blob. NotFound if the
+        blob is not committed. The next piece is read while the caller handles
+        this one (at most two pieces in memory). The one descriptor is closed
+        when the generator finishes or is closed (``aclose()``; a dropped
+        generator is closed later, by the event loop's async-generator hook).
+        """
+        _check_name(name)
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError("offset and length must not be negative")
+        opening = self._submit(functools.partial(_open_blob, self._path(name)))
+        try:
+            fd = await _settle("open a blob", opening)
+        except asyncio.CancelledError:
+            self._submit(functools.partial(_close_opened, opening))
+            raise
+        end = None if length is None else offset + length
+
+        def fetch(at: int) -> Future[bytes] | None:
+            size = PIECE_SIZE if end is None else min(PIECE_SIZE, end - at)
+            return self._submit(functools.partial(os.pread, fd, size, at)) if size > 0 else None
+
+        job: Future[bytes] | None = None
+        try:
+            job = fetch(offset)
+            while job is not None:
+                piece = await _settle("read a blob", job)
+                if not piece:
+                    return
+                offset += len(piece)
+                job = fetch(offset)  # read ahead while the caller uses this piece
+                yield piece
+        finally:
+            if self._closed:  # the pool is drained; closing a read fd does no I/O
+                _close_quietly(fd)
+            else:
+                await _settle("close a blob", self._submit(_after(job, lambda: os.close(fd))))
+
+    async def size(self, name: str) -> int | None:
+        """Size of the committed blob, or None; partial uploads do not count."""
+        _check_name(name)
+        return await self._run("stat a blob", functools.partial(_stat_size, self._path(name)))
+
+    async def exists(self, name: str) -> bool:
+        """Whether a committed blob ``name`` exists (an error is not "no")."""
+        return await self.size(name) is not None
+
+    async def delete(self, name: str) -> None:
+        """Unlink the blob and every ``tmp/<name>.*.part`` left by unfinished
+        or crashed uploads (so the orphan sweep removes all of a name in one
+        call), fsync'ing each directory changed. Missing files are fine. An
+        upload still writing to a removed part file fails at its commit.
+        """
+        _check_name(name)
+        await self._run("delete a blob", functools.partial(self._remove_all, name))
+
+    async def check(self) -> None:
+        """Write, fsync and remove a probe file in ``tmp``; StorageUnavailable
+        if any step fails."""
+        await self._run("write its health probe", self._probe)
+
+    async def list_blobs(self) -> AsyncGenerator[StoredBlob, None]:
+        """Yield committed blobs and partial uploads (by their blob name, so a
+        name may appear twice), fetched :data:`LIST_BATCH` at a time per thread
+        hop, never the whole listing at once. Entries added or removed meanwhile
+        may or may not appear; files that do not fit the layout are skipped.
+        """
+        walk = self._walk()
+        job: Future[list[StoredBlob]] | None = None
+        try:
+            while True:
+                job = self._submit(functools.partial(_take, walk, LIST_BATCH))
+                batch = await _settle("list blobs", job)
+                if not batch:
+                    return
+                for blob in batch:
+                    yield blob
+        finally:
+            if self._closed:
+                walk.close()  # only closes directory handles
+            else:
+                await _settle("list blobs", self._submit(_after(job, walk.close)))
+
+    async def close(self) -> None:
+        """Drain the pool and close the files of writers never committed or
+        aborted; their ``.part`` files stay for the sweep, as after a crash.
+        Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        fds = [fd for writer in self._writers if (fd := writer._detach()) is not None]
+        self._writers.clear()
+
+        def shut_down() -> None:
+            self._executor.shutdown(wait=True)
+            for fd in fds:
+                _close_quietly(fd)
+
+        await asyncio.shield(asyncio.to_thread(shut_down))
+
+
+class _LocalWriter:
+    """:class:`~filestore.storage.base.BlobWriter` for one ``.part`` file.
+
+    At most one write is in flight: :meth:`write` waits for the previous one,
+    hands ``data`` to a thread and returns, so the caller prepares the next
+    batch while this one is written. ``data`` must not change until the next
+    call (a non-``bytes`` buffer is copied to be safe). Use from one task at a
+    time. A failed or interrupted write fails every later write and commit
+    with StorageUnavailable; only :meth:`abort` remains.
+    """
+
+    def __init__(self, store: LocalBlobStore, fd: int, part: Path, final: Path) -> None:
+        self._store = store
+        self._fd: int | None = fd
+        self._part = part
+        self._final = final
+        self._job: Future[None] | None = None
+        self._failure: BaseException | None = None
+        self._state = "open"  # → committing → committed, or → aborted / closed
+
+    def _require_open(self) -> None:
+        if self._state != "open":
+            raise RuntimeError(f"the blob writer is {self._state}")
+        if self._failure is not None:
+            raise StorageUnavailable("an earlier write to this blob failed") from self._failure
+
+    async def _drain(self) -> None:
+        if self._job is None:
+            return
+        try:
+            await _settle("write a blob", self._job)
+        except BaseException as exc:
+            self._failure = exc
+            raise
+        self._job = None
+
+    async def write(self, data: bytes) -> None:
+        self._require_open()
+        await self._drain()
+        if data and self._fd is not None:
+            if type(data) is not bytes:
+                data = bytes(data)
+            self._job = self._store._submit(functools.partial(_write_all, self._fd, data))
+
+    async def commit(self) -> None:
+        """Finish the last write, fsync, rename into place, fsync the shard
+        directory. On failure nothing of the blob remains."""
+        self._require_open()
+        await self._drain()
+        fd, self._fd = self._fd, None
+        assert fd is not None
+        self._state = "committing"
+        self._job = self._store._submit(
+            functools.partial(self._store._publish, fd, self._part, self._final)
+        )
+        await _settle("commit a blob", self._job)
+        self._job = None
+        self._state = "committed"
+        self._store._writers.discard(self)
+
+    async def abort(self) -> None:
+        """Wait for the write in flight, close and remove the part file.
+
+        A no-op after a commit that returned (delete the blob instead) and once
+        the store is closed; after a commit that was interrupted, removes the
+        blob if the rename had happened, since the caller never saw success.
+        Raises StorageUnavailable only if a file exists and cannot be removed
+        (the orphan sweep tries again later).
+        """
+        if self._state in ("committed", "aborted", "closed"):
+            return
+        published = self._final if self._state == "committing" else None
+        self._state = "aborted"
+        self._store._writers.discard(self)
+        fd, self._fd = self._fd, None
+        job, self._job = self._job, None
+
+        def discard() -> None:
+            if fd is not None:
+                _close_quietly(fd)
+            _unlink(self._part)
+            if published and job and job.exception() is None and _unlink(published):
+                _fsync_dir(published.parent)
+
+        await _settle("discard a blob", self._store._submit(_after(job, discard)))
+
+    def _detach(self) -> int | None:
+        """The store is closing: give up the descriptor (still open)."""
+        self._state = "closed"
+        fd, self._fd = self._fd, None
+        return fd
