@@ -135,14 +135,20 @@ def start_baseline(tmp: Path) -> tuple[Server, str]:
     return server, f"http://127.0.0.1:{port}"
 
 
-async def measure(base: str, key: str, size: int, repeat: int, block: bytes) -> tuple[float, float]:
-    ups, downs = [], []
-    await transfer(base, key, 4 * MIB, block)  # warm up
+async def measure(
+    targets: dict[str, tuple[str, str]], size: int, repeat: int, block: bytes
+) -> dict[str, tuple[float, float]]:
+    """Median MiB/s per target; transfers alternate between the targets so
+    that drift in the machine's speed hits each alike."""
+    rates: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in targets}
+    for base, key in targets.values():
+        await transfer(base, key, 4 * MIB, block)  # warm up
     for _ in range(repeat):
-        up, down = await transfer(base, key, size, block)
-        ups.append(size / up / MIB)
-        downs.append(size / down / MIB)
-    return statistics.median(ups), statistics.median(downs)
+        for name, (base, key) in targets.items():
+            up, down = await transfer(base, key, size, block)
+            rates[name][0].append(size / up / MIB)
+            rates[name][1].append(size / down / MIB)
+    return {n: (statistics.median(u), statistics.median(d)) for n, (u, d) in rates.items()}
 
 
 def main() -> None:
@@ -157,13 +163,12 @@ def main() -> None:
     size = args.size * MIB
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp_name:
         tmp = Path(tmp_name)
-        results: dict[str, tuple[float, float]] = {}
-        # Alternate servers so drift on the machine hits both alike.
-        for name, start in (("baseline", start_baseline), ("filestore", start_filestore)):
-            server, base = start(tmp)
-            try:
-                results[name] = asyncio.run(measure(base, server.key, size, args.repeat, block))
-            finally:
+        servers = {"baseline": start_baseline(tmp), "filestore": start_filestore(tmp)}
+        try:
+            targets = {name: (base, server.key) for name, (server, base) in servers.items()}
+            results = asyncio.run(measure(targets, size, args.repeat, block))
+        finally:
+            for server, _base in servers.values():
                 server.stop()
         print(f"throughput, {args.size} MiB, median of {args.repeat} (MiB/s):")
         for name, (up, down) in results.items():

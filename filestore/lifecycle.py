@@ -15,6 +15,7 @@ purge all drive.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -50,6 +51,7 @@ from filestore.errors import (
     TooLarge,
 )
 from filestore.metadata.base import DeleteReason, FileKey, FileRecord, FileState, MetadataStore
+from filestore.pipeline import prefetch
 from filestore.storage.base import BlobStore
 
 log = logging.getLogger(__name__)
@@ -111,48 +113,58 @@ class OpenFile:
 
     async def plaintext(
         self, start: int = 0, end: int | None = None
-    ) -> AsyncGenerator[bytes, None]:
+    ) -> AsyncGenerator[bytes | bytearray, None]:
         """Yield plaintext bytes ``start..end`` (inclusive), decrypting only the
         chunks they touch, in batches of about 1 MiB.
 
-        Raises IntegrityError mid-stream if a chunk fails; the caller must then
-        abort the connection rather than end the body cleanly.
+        The next batch is read and decrypted (in a worker thread) while the
+        caller sends the current one. Raises IntegrityError mid-stream if a
+        chunk fails; the caller must then abort the connection rather than
+        end the body cleanly. Close the generator to stop early.
         """
         size = self.info.size
         if end is None:
             end = size - 1
         if size == 0 or end < start:
             return
-        first, last = start // CHUNK_SIZE, end // CHUNK_SIZE
-        offset, length = chunk_span(size, first, last)
-        index = first
-        pending = bytearray()
-        batch_bytes = self._batch_chunks * ENC_CHUNK_SIZE
-        skip = start - first * CHUNK_SIZE
+        batches = prefetch(self._decrypted_batches(start // CHUNK_SIZE, end // CHUNK_SIZE))
+        skip = start % CHUNK_SIZE
         remaining = end - start + 1
-        async for piece in self._blobs.read(self._name, offset, length):
-            pending += piece
-            while len(pending) >= batch_bytes:
-                plain = self._decryptor.decrypt_chunks(
-                    index, memoryview(pending)[:batch_bytes], size
-                )
-                del pending[:batch_bytes]
-                index += self._batch_chunks
+        try:
+            async for plain in batches:
                 out, skip, remaining = _trim(plain, skip, remaining)
                 if out:
                     yield out
-        if pending:
-            plain = self._decryptor.decrypt_chunks(index, bytes(pending), size)
-            index += -(-len(pending) // ENC_CHUNK_SIZE)
-            out, skip, remaining = _trim(plain, skip, remaining)
-            if out:
-                yield out
+        finally:
+            await batches.aclose()
         if remaining:
             # The store returned fewer bytes than the layout requires.
             raise IntegrityError()
 
+    async def _decrypted_batches(self, first: int, last: int) -> AsyncGenerator[bytearray, None]:
+        """Plaintext of chunks ``first..last``, one batch at a time. The store
+        hands over whole batches of chunks, so nothing is copied to re-frame
+        them."""
+        size = self.info.size
+        offset, length = chunk_span(size, first, last)
+        index = first
+        loop = asyncio.get_running_loop()
+        reader = self._blobs.read(
+            self._name, offset, length, piece_size=self._batch_chunks * ENC_CHUNK_SIZE
+        )
+        try:
+            async for piece in reader:
+                yield await loop.run_in_executor(
+                    None, self._decryptor.decrypt_chunks, index, piece, size
+                )
+                index += self._batch_chunks
+        finally:
+            await reader.aclose()
 
-def _trim(plain: bytes, skip: int, remaining: int) -> tuple[bytes, int, int]:
+
+def _trim(
+    plain: bytes | bytearray, skip: int, remaining: int
+) -> tuple[bytes | bytearray, int, int]:
     """Drop ``skip`` leading bytes and anything past ``remaining``."""
     if skip:
         cut = min(skip, len(plain))
@@ -255,12 +267,22 @@ class Lifecycle:
     async def _write_blob(
         self, file_id: bytes, dek: bytes, kek_id: int, body: AsyncIterator[bytes]
     ) -> tuple[int, bytes]:
+        """Receive, hash + encrypt, and write as three overlapping stages:
+        the loop receives batch N+1 while a worker thread hashes and encrypts
+        batch N and the store writes batch N-1."""
         limit = self.settings.max_file_size
         batch = self.settings.batch_size
         encryptor = Encryptor(dek, Header(kek_id, file_id))
         digest = hashlib.sha256()
+        loop = asyncio.get_running_loop()
+
+        def seal(plain: bytes | bytearray) -> bytes | bytearray:
+            digest.update(plain)
+            return encryptor.update(plain)
+
         size = 0
         pending = bytearray()
+        sealing: asyncio.Future[bytes | bytearray] | None = None
         writer = await self.blobs.create(ids.blob_name(file_id))
         try:
             await writer.write(encryptor.prefix())
@@ -268,14 +290,22 @@ class Lifecycle:
                 size += len(piece)
                 if size > limit:
                     raise TooLarge(limit)
-                digest.update(piece)
                 pending += piece
                 if len(pending) >= batch:
-                    await writer.write(encryptor.update(pending))
+                    if sealing is not None:
+                        await writer.write(await sealing)
+                    sealing = loop.run_in_executor(None, seal, pending)
                     pending = bytearray()
-            await writer.write(encryptor.update(pending) + encryptor.finalize())
+            if sealing is not None:
+                await writer.write(await sealing)
+                sealing = None
+            await writer.write(seal(pending) + encryptor.finalize())
             await writer.commit()
         except BaseException:
+            if sealing is not None:
+                # Let the worker finish with the buffers before they go.
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(sealing)
             await _shielded(writer.abort())
             raise
         return size, digest.digest()

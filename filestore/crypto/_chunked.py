@@ -167,27 +167,7 @@ def decrypt_message(aead_name: str, input_key: bytes, context: bytes, message: B
         raise IntegrityError()
     cipher = open_message_header(aead_name, input_key, context, view[:MESSAGE_HEADER_SIZE])
     plaintext_len = message_plaintext_size(view.nbytes)
-    return cipher.open(0, view[MESSAGE_HEADER_SIZE:], plaintext_len)
-
-
-class Scratch:
-    """A reusable output buffer, so a long stream of calls does not allocate
-    (and page-fault in) a fresh megabyte per call. Not thread-safe: one per
-    sequential user. Requests over :attr:`KEEP_LIMIT` get a one-off buffer."""
-
-    KEEP_LIMIT: Final = 8 << 20
-    __slots__ = ("_buf",)
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def view(self, size: int) -> memoryview:
-        """A writable view of exactly ``size`` bytes, valid until the next call."""
-        if size > len(self._buf):
-            if size > self.KEEP_LIMIT:
-                return memoryview(bytearray(size))
-            self._buf = bytearray(size)
-        return memoryview(self._buf)[:size]
+    return bytes(cipher.open(0, view[MESSAGE_HEADER_SIZE:], plaintext_len))
 
 
 class ChunkCipher:
@@ -196,7 +176,7 @@ class ChunkCipher:
     Holds one ``AESGCM`` for the whole message. Its repr shows nothing of the
     key. Callers obtain it from :func:`derive` or :func:`open_message_header`.
     Stateless apart from the key, so one instance may serve several threads as
-    long as each passes its own :class:`Scratch` (or none).
+    every call allocates its own output.
     """
 
     __slots__ = ("_aead", "_base_nonce")
@@ -215,9 +195,7 @@ class ChunkCipher:
             raise ValueError("chunk index out of range")
         return (self._base_nonce ^ index).to_bytes(NONCE_SIZE, "big")
 
-    def seal(
-        self, first_index: int, data: BytesLike, *, final: bool, scratch: Scratch | None = None
-    ) -> bytes:
+    def seal(self, first_index: int, data: BytesLike, *, final: bool) -> bytearray:
         """Encrypt consecutive chunks starting at chunk ``first_index``.
 
         With ``final=False`` the length of ``data`` must be a positive multiple
@@ -227,9 +205,11 @@ class ChunkCipher:
         (possibly empty) that is sealed as the message's last chunk.
         """
         src = memoryview(data).cast("B")
-        dst = (scratch or Scratch()).view(sealed_size(src.nbytes, final=final))
-        self.seal_into(first_index, src, dst, final=final)
-        return bytes(dst)
+        # A fresh buffer written in place: cheaper than a reused scratch
+        # buffer plus a copy out of it, and the caller may keep it.
+        out = bytearray(sealed_size(src.nbytes, final=final))
+        self.seal_into(first_index, src, memoryview(out), final=final)
+        return out
 
     def seal_into(self, first_index: int, src: memoryview, dst: memoryview, *, final: bool) -> None:
         """:meth:`seal` into ``dst``, which must be exactly
@@ -257,8 +237,7 @@ class ChunkCipher:
         first_index: int,
         data: BytesLike,
         plaintext_len: int,
-        scratch: Scratch | None = None,
-    ) -> bytes:
+    ) -> bytearray:
         """Decrypt a run of consecutive chunks starting at ``first_index`` of a
         message whose plaintext is ``plaintext_len`` bytes long.
 
@@ -279,12 +258,13 @@ class ChunkCipher:
             count = full + 1  # the run ends with the final chunk
         else:
             raise IntegrityError()
-        dst = (scratch or Scratch()).view(src.nbytes - TAG_SIZE * count)
+        out = bytearray(src.nbytes - TAG_SIZE * count)
+        dst = memoryview(out)
         if not self._open_into(first_index, count, last, src, dst):
             # decrypt_into writes before it verifies: leave nothing behind.
             dst[:] = bytes(dst.nbytes)
             raise IntegrityError()
-        return bytes(dst)
+        return out
 
     def _open_into(
         self, first_index: int, count: int, last: int, src: memoryview, dst: memoryview

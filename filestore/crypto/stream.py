@@ -14,14 +14,15 @@ but at 16 KiB per call the hand-off costs more than the parallelism gains
 processes, not threads.
 
 An :class:`Encryptor` is used by one writer at a time; a :class:`Decryptor`
-may be shared (its calls are serialised).
+may be shared between threads. Every call returns a fresh buffer that the
+caller owns: writing in place into a new buffer measured faster than reusing
+a scratch buffer and copying out of it.
 """
 
 from __future__ import annotations
 
 import hmac
 import os
-import threading
 
 from filestore.crypto._chunked import (
     CHUNK_SIZE,
@@ -29,7 +30,6 @@ from filestore.crypto._chunked import (
     SALT_SIZE,
     BytesLike,
     ChunkCipher,
-    Scratch,
     derive,
     open_message_header,
 )
@@ -67,7 +67,6 @@ class Encryptor:
         self._cipher, commitment = derive(AEAD_NAME, dek, salt, context)
         self._prefix = context + salt + commitment
         self._pending = bytearray()
-        self._scratch = Scratch()
         self._index = 0
         self._done = False
 
@@ -78,9 +77,9 @@ class Encryptor:
         """The 88 bytes in front of chunk 0: header ‖ salt ‖ commitment."""
         return self._prefix
 
-    def update(self, data: BytesLike) -> bytes:
+    def update(self, data: BytesLike) -> bytes | bytearray:
         """Add plaintext; return the ciphertext of every chunk now complete
-        (possibly ``b""``)."""
+        (possibly ``b""``), in a fresh buffer the caller owns."""
         if self._done:
             raise ValueError("update() after finalize()")
         src = memoryview(data).cast("B")
@@ -89,7 +88,8 @@ class Encryptor:
         if not count:
             pending += src
             return b""
-        out = dst = self._scratch.view(count * ENC_CHUNK_SIZE)
+        out = bytearray(count * ENC_CHUNK_SIZE)
+        dst = memoryview(out)
         cipher = self._cipher
         if pending:
             # Complete the buffered chunk first; it is full, so not final.
@@ -106,15 +106,15 @@ class Encryptor:
             cipher.seal_into(self._index, src[:full], dst, final=False)
             self._index += full // CHUNK_SIZE
         pending += src[full:]
-        return bytes(out)
+        return out
 
-    def finalize(self) -> bytes:
+    def finalize(self) -> bytearray:
         """Seal the buffered remainder (under 16 KiB, possibly empty) as the
         final chunk. May be called once."""
         if self._done:
             raise ValueError("finalize() called twice")
         self._done = True
-        out = self._cipher.seal(self._index, self._pending, final=True, scratch=self._scratch)
+        out = self._cipher.seal(self._index, self._pending, final=True)
         self._pending.clear()
         return out
 
@@ -127,12 +127,10 @@ class Decryptor:
     a wrong DEK, file id, KEK id or any altered prefix byte never gets this far.
     """
 
-    __slots__ = ("_cipher", "_lock", "_scratch")
+    __slots__ = ("_cipher",)
 
     def __init__(self, cipher: ChunkCipher) -> None:
         self._cipher = cipher
-        self._scratch = Scratch()
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return "Decryptor(<checked>)"
@@ -153,7 +151,7 @@ class Decryptor:
             raise IntegrityError()
         return cls(open_message_header(AEAD_NAME, dek, context, view[HEADER_SIZE:]))
 
-    def decrypt_chunks(self, first_index: int, data: BytesLike, plaintext_len: int) -> bytes:
+    def decrypt_chunks(self, first_index: int, data: BytesLike, plaintext_len: int) -> bytearray:
         """Decrypt the run of consecutive chunks starting at ``first_index``.
 
         ``plaintext_len`` is the file's total plaintext length (from the
@@ -163,8 +161,7 @@ class Decryptor:
         past the final chunk or a bad tag raises IntegrityError and returns no
         plaintext. ``data`` is not retained after the call returns.
         """
-        with self._lock:  # the scratch buffer is shared by calls
-            return self._cipher.open(first_index, data, plaintext_len, self._scratch)
+        return self._cipher.open(first_index, data, plaintext_len)
 
 
 def encrypt(
@@ -172,7 +169,7 @@ def encrypt(
 ) -> bytes:
     """The whole blob for ``plaintext`` in one call (tests, small data)."""
     enc = Encryptor(dek, header, salt=salt)
-    return enc.prefix() + enc.update(plaintext) + enc.finalize()
+    return enc.prefix() + bytes(enc.update(plaintext)) + bytes(enc.finalize())
 
 
 def decrypt(dek: bytes, expected: Header, blob: BytesLike) -> bytes:
@@ -184,4 +181,4 @@ def decrypt(dek: bytes, expected: Header, blob: BytesLike) -> bytes:
     view = memoryview(blob).cast("B")
     plaintext_len = plaintext_size(view.nbytes)  # cheapest check first
     decryptor = Decryptor.open(dek, expected, view[:PREFIX_SIZE])
-    return decryptor.decrypt_chunks(0, view[PREFIX_SIZE:], plaintext_len)
+    return bytes(decryptor.decrypt_chunks(0, view[PREFIX_SIZE:], plaintext_len))

@@ -21,8 +21,10 @@ from typing import Protocol, runtime_checkable
 class BlobWriter(Protocol):
     """One blob being written. Nothing is visible under the name until commit."""
 
-    async def write(self, data: bytes) -> None:
-        """Append ``data``. May hold on to it until the next write or commit."""
+    async def write(self, data: bytes | bytearray) -> None:
+        """Append ``data``. The writer may hold on to it until the next write
+        or commit without copying it: the caller hands it over and must not
+        change it afterwards."""
 
     async def commit(self) -> None:
         """Make the blob durable and visible under its name.
@@ -51,13 +53,20 @@ class BlobStore(Protocol):
         """
 
     def read(
-        self, name: str, offset: int = 0, length: int | None = None
+        self,
+        name: str,
+        offset: int = 0,
+        length: int | None = None,
+        *,
+        piece_size: int = 1 << 20,
     ) -> AsyncGenerator[bytes, None]:
         """Stream ``length`` bytes (to the end when None) from ``offset``.
 
-        Yields pieces of at most about 1 MiB. Raises NotFound if the blob does
-        not exist. Callers that stop early ``aclose()`` the generator so the
-        backend releases its handle at once.
+        Yields pieces of exactly ``piece_size`` bytes, but the last, which may
+        be shorter: a reader of chunked ciphertext asks for a whole number of
+        chunks per piece and never has to re-buffer. Raises NotFound if the
+        blob does not exist. Callers that stop early ``aclose()`` the
+        generator so the backend releases its handle at once.
         """
 
     async def size(self, name: str) -> int | None:

@@ -83,7 +83,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | bytearray) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -300,18 +300,23 @@ class LocalBlobStore:
         return writer
 
     async def read(
-        self, name: str, offset: int = 0, length: int | None = None
+        self,
+        name: str,
+        offset: int = 0,
+        length: int | None = None,
+        *,
+        piece_size: int = PIECE_SIZE,
     ) -> AsyncGenerator[bytes, None]:
         """Yield the bytes ``offset .. offset+length`` in pieces of at most
-        :data:`PIECE_SIZE`; stops early at the end of the blob. NotFound if the
+        :data:`PIECE_SIZE` (or ``piece_size``); stops early at the end of the blob. NotFound if the
         blob is not committed. The next piece is read while the caller handles
         this one (at most two pieces in memory). The one descriptor is closed
         when the generator finishes or is closed (``aclose()``; a dropped
         generator is closed later, by the event loop's async-generator hook).
         """
         _check_name(name)
-        if offset < 0 or (length is not None and length < 0):
-            raise ValueError("offset and length must not be negative")
+        if offset < 0 or (length is not None and length < 0) or piece_size < 1:
+            raise ValueError("offset and length must not be negative, piece_size positive")
         opening = self._submit(functools.partial(_open_blob, self._path(name)))
         try:
             fd = await _settle("open a blob", opening)
@@ -321,7 +326,7 @@ class LocalBlobStore:
         end = None if length is None else offset + length
 
         def fetch(at: int) -> Future[bytes] | None:
-            size = PIECE_SIZE if end is None else min(PIECE_SIZE, end - at)
+            size = piece_size if end is None else min(piece_size, end - at)
             return self._submit(functools.partial(os.pread, fd, size, at)) if size > 0 else None
 
         job: Future[bytes] | None = None
@@ -439,12 +444,10 @@ class _LocalWriter:
             raise
         self._job = None
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | bytearray) -> None:
         self._require_open()
         await self._drain()
         if data and self._fd is not None:
-            if type(data) is not bytes:
-                data = bytes(data)
             self._job = self._store._submit(functools.partial(_write_all, self._fd, data))
 
     async def commit(self) -> None:
