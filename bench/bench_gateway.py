@@ -59,12 +59,15 @@ class Server:
             argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         self.key = ""
+        seen: list[str] = []
         deadline = time.monotonic() + 30
         assert self.proc.stdout is not None
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:
-                raise RuntimeError("server exited during start")
+                self.proc.wait()
+                raise RuntimeError("server exited during start:\n" + "".join(seen))
+            seen.append(line)
             if line.startswith("API key: "):
                 self.key = line.split(": ", 1)[1].strip()
             if "listening" in line:
@@ -119,7 +122,7 @@ def start_filestore(tmp: Path) -> tuple[Server, str]:
     env.update(
         FILESTORE_PORT=str(port),
         FILESTORE_LOG_LEVEL="WARNING",
-        FILESTORE_DATA_DIR=str(tmp / "filestore"),
+        FILESTORE_DATA_DIR=str(tmp / f"filestore-{port}"),
     )
     server = Server([sys.executable, "-m", "filestore", "serve"], env, tmp)
     return server, f"http://127.0.0.1:{port}"

@@ -108,7 +108,10 @@ async def download(request: web.Request) -> web.StreamResponse:
     wanted = parse_range(request.headers.get("Range"), info.size)
     if if_range is not None and if_range.strip() != etag:
         wanted = None
-    downloads = await svc.lifecycle.record_download(file_id)
+    downloads = None
+    if info.max_downloads is not None:
+        # Only limited files pay for a counted (durable) download.
+        downloads = await svc.lifecycle.record_download(file_id)
     headers = _file_headers(info)
     if wanted is None:
         first, last, status = 0, info.size - 1, 200
@@ -137,7 +140,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     finally:
         await stream.aclose()
     await response.write_eof()
-    if info.max_downloads is not None and downloads >= info.max_downloads:
+    if downloads is not None and info.max_downloads is not None and downloads >= info.max_downloads:
         await svc.lifecycle.secure_delete(file_id, DeleteReason.MAX_DOWNLOADS)
     return response
 
