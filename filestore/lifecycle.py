@@ -117,8 +117,8 @@ class OpenFile:
         """Yield plaintext bytes ``start..end`` (inclusive), decrypting only the
         chunks they touch, in batches of about 1 MiB.
 
-        The next batch is read and decrypted (in a worker thread) while the
-        caller sends the current one. Raises IntegrityError mid-stream if a
+        The next batch is read (and decrypted, ~0.2 ms per MiB, on the loop:
+        a thread hop measured slower) while the caller sends the current one. Raises IntegrityError mid-stream if a
         chunk fails; the caller must then abort the connection rather than
         end the body cleanly. Close the generator to stop early.
         """
@@ -148,15 +148,12 @@ class OpenFile:
         size = self.info.size
         offset, length = chunk_span(size, first, last)
         index = first
-        loop = asyncio.get_running_loop()
         reader = self._blobs.read(
             self._name, offset, length, piece_size=self._batch_chunks * ENC_CHUNK_SIZE
         )
         try:
             async for piece in reader:
-                yield await loop.run_in_executor(
-                    None, self._decryptor.decrypt_chunks, index, piece, size
-                )
+                yield self._decryptor.decrypt_chunks(index, piece, size)
                 index += self._batch_chunks
         finally:
             await reader.aclose()
@@ -276,12 +273,16 @@ class Lifecycle:
         digest = hashlib.sha256()
         loop = asyncio.get_running_loop()
 
-        def seal(plain: bytes | bytearray) -> bytes | bytearray:
+        def seal(pieces: list[bytes]) -> bytes | bytearray:
+            # Runs in a worker thread: joining, hashing and AES-GCM all
+            # release the GIL or are memcpy, so the loop keeps receiving.
+            plain = b"".join(pieces)
             digest.update(plain)
             return encryptor.update(plain)
 
         size = 0
-        pending = bytearray()
+        pending: list[bytes] = []
+        pending_size = 0
         sealing: asyncio.Future[bytes | bytearray] | None = None
         writer = await self.blobs.create(ids.blob_name(file_id))
         try:
@@ -290,16 +291,17 @@ class Lifecycle:
                 size += len(piece)
                 if size > limit:
                     raise TooLarge(limit)
-                pending += piece
-                if len(pending) >= batch:
+                pending.append(piece)
+                pending_size += len(piece)
+                if pending_size >= batch:
                     if sealing is not None:
                         await writer.write(await sealing)
                     sealing = loop.run_in_executor(None, seal, pending)
-                    pending = bytearray()
+                    pending, pending_size = [], 0
             if sealing is not None:
                 await writer.write(await sealing)
                 sealing = None
-            await writer.write(seal(pending) + encryptor.finalize())
+            await writer.write(bytes(seal(pending)) + encryptor.finalize())
             await writer.commit()
         except BaseException:
             if sealing is not None:
