@@ -118,9 +118,10 @@ class OpenFile:
         chunks they touch, in batches of about 1 MiB.
 
         The next batch is read (and decrypted, ~0.2 ms per MiB, on the loop:
-        a thread hop measured slower) while the caller sends the current one. Raises IntegrityError mid-stream if a
-        chunk fails; the caller must then abort the connection rather than
-        end the body cleanly. Close the generator to stop early.
+        a thread hop measured slower) while the caller sends the current one.
+        Raises IntegrityError mid-stream if a chunk fails; the caller must
+        then abort the connection rather than end the body cleanly. Close the
+        generator to stop early.
         """
         size = self.info.size
         if end is None:
