@@ -101,6 +101,10 @@ class Settings:
     keyring_file: str = ""
     #: Ed25519 audit signing key; empty means data_dir/keys/audit-signing.pem.
     signing_key_file: str = ""
+    #: Secret for signed download links; empty means data_dir/keys/link-signing.key.
+    link_key_file: str = ""
+    #: Lifetime of a signed link when the client asks for none (capped at the file's).
+    default_link_ttl: float = 3600.0
     log_level: str = "INFO"
     #: A client that sends no body bytes for this long is cut off (408).
     read_timeout: float = 60.0
@@ -134,6 +138,14 @@ class Settings:
             Path(self.signing_key_file)
             if self.signing_key_file
             else self.data_dir / "keys" / "audit-signing.pem"
+        )
+
+    @property
+    def link_key_path(self) -> Path:
+        return (
+            Path(self.link_key_file)
+            if self.link_key_file
+            else self.data_dir / "keys" / "link-signing.key"
         )
 
     @property
@@ -218,6 +230,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "purge_interval": parse_duration,
     "keyring_file": str,
     "signing_key_file": str,
+    "link_key_file": str,
+    "default_link_ttl": parse_duration,
     "log_level": _parse_level,
     "read_timeout": parse_duration,
     "upload_grace": parse_duration,

@@ -19,6 +19,7 @@ from filestore.auth import create_key
 from filestore.clock import Clock, SystemClock
 from filestore.config import Settings
 from filestore.crypto import Keyring, load_or_create_signing_key
+from filestore.crypto.links import LinkSigner, load_or_create_link_key
 from filestore.errors import ConfigError
 from filestore.lifecycle import Lifecycle
 from filestore.metadata.base import MetadataStore, Role
@@ -39,6 +40,7 @@ class Services:
     blobs: BlobStore
     keyring: Keyring
     signing_key: Ed25519PrivateKey
+    links: LinkSigner
     lifecycle: Lifecycle
 
 
@@ -62,13 +64,14 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Async
     await asyncio.to_thread(settings.data_dir.mkdir, parents=True, exist_ok=True, mode=0o700)
     keyring = await asyncio.to_thread(Keyring.load_or_create, settings.keyring_path, clock.now())
     signing_key = await asyncio.to_thread(load_or_create_signing_key, settings.signing_key_path)
+    links = await asyncio.to_thread(load_or_create_link_key, settings.link_key_path)
     async with contextlib.AsyncExitStack() as stack:
         metadata = await open_metadata(settings)
         stack.push_async_callback(metadata.close)
         blobs = await open_blobs(settings)
         stack.push_async_callback(blobs.close)
         lifecycle = Lifecycle(settings, metadata, blobs, keyring, clock)
-        yield Services(settings, clock, metadata, blobs, keyring, signing_key, lifecycle)
+        yield Services(settings, clock, metadata, blobs, keyring, signing_key, links, lifecycle)
 
 
 async def ensure_first_key(services: Services) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from filestore.auth import Principal, authenticate
+from filestore.errors import NotFound
 from filestore.metadata.base import Role
 from filestore.services import Services
 
@@ -13,6 +14,21 @@ SERVICES = web.AppKey("services", Services)
 
 def services(request: web.Request) -> Services:
     return request.app[SERVICES]
+
+
+async def reader_tenant(request: web.Request, file_id: bytes) -> str:
+    """The tenant whose file may be read: from the API key, or from a signed
+    link (``?expires=…&signature=…``) when no key is sent."""
+    query = request.query
+    if "Authorization" in request.headers or "signature" not in query:
+        return (await principal(request, Role.CLIENT)).tenant
+    svc = services(request)
+    loaded = await svc.metadata.load(file_id)
+    if loaded is None:
+        raise NotFound("no such file")
+    tenant = loaded[0].tenant
+    svc.links.verify(file_id, tenant, query.get("expires", ""), query["signature"], svc.clock.now())
+    return tenant
 
 
 async def principal(request: web.Request, *roles: Role) -> Principal:

@@ -13,11 +13,12 @@ from email.utils import formatdate
 from aiohttp import web
 
 from filestore import ids
-from filestore.api.context import principal, services
+from filestore.api.context import principal, reader_tenant, services
 from filestore.api.ranges import parse_range
 from filestore.api.uploads import open_body, parse_options
 from filestore.clock import rfc3339
-from filestore.errors import IntegrityError
+from filestore.config import parse_duration
+from filestore.errors import BadRequest, IntegrityError
 from filestore.lifecycle import FileInfo
 from filestore.metadata.base import DeleteReason, Role
 
@@ -84,9 +85,9 @@ async def upload(request: web.Request) -> web.Response:
 
 @routes.head("/v1/files/{id}")
 async def head(request: web.Request) -> web.Response:
-    who = await principal(request, Role.CLIENT)
     file_id = ids.from_text(request.match_info["id"])
-    info = await services(request).lifecycle.stat(who.tenant, file_id)
+    tenant = await reader_tenant(request, file_id)
+    info = await services(request).lifecycle.stat(tenant, file_id)
     headers = _file_headers(info)
     headers["Content-Length"] = str(info.size)
     headers["Content-Type"] = info.content_type or "application/octet-stream"
@@ -95,10 +96,10 @@ async def head(request: web.Request) -> web.Response:
 
 @routes.get("/v1/files/{id}", allow_head=False)
 async def download(request: web.Request) -> web.StreamResponse:
-    who = await principal(request, Role.CLIENT)
     svc = services(request)
     file_id = ids.from_text(request.match_info["id"])
-    opened = await svc.lifecycle.open(who.tenant, file_id)
+    tenant = await reader_tenant(request, file_id)
+    opened = await svc.lifecycle.open(tenant, file_id)
     info = opened.info
     etag = f'"{info.id_text}"'
     if_none_match = request.headers.get("If-None-Match")
@@ -151,3 +152,35 @@ async def delete(request: web.Request) -> web.Response:
     file_id = ids.from_text(request.match_info["id"])
     done = await services(request).lifecycle.delete(who.tenant, file_id)
     return web.Response(status=204 if done else 202)
+
+
+@routes.post("/v1/files/{id}/links")
+async def create_link(request: web.Request) -> web.Response:
+    """A signed URL that reads the file without an API key, valid for
+    ``ttl`` (default ``FILESTORE_DEFAULT_LINK_TTL``) but never past the
+    file's own expiry."""
+    who = await principal(request, Role.CLIENT)
+    svc = services(request)
+    file_id = ids.from_text(request.match_info["id"])
+    unknown = set(request.query) - {"ttl"}
+    if unknown:
+        raise BadRequest(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
+    ttl = svc.settings.default_link_ttl
+    if "ttl" in request.query:
+        try:
+            ttl = parse_duration(request.query["ttl"])
+        except ValueError as exc:
+            raise BadRequest("ttl must be seconds, or a number with s, m or h") from exc
+        if ttl <= 0:
+            raise BadRequest("ttl must be positive")
+    info = await svc.lifecycle.stat(who.tenant, file_id)
+    expires = int(min(svc.clock.now() + ttl, info.expires_at))
+    signature = svc.links.sign(file_id, who.tenant, expires)
+    url = request.url.with_path(f"/v1/files/{info.id_text}").with_query(
+        {"expires": str(expires), "signature": signature}
+    )
+    return web.json_response(
+        {"url": str(url), "expires_at": rfc3339(expires)},
+        status=201,
+        headers={"Cache-Control": "no-store"},
+    )

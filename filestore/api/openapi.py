@@ -157,7 +157,12 @@ def openapi_document() -> dict[str, Any]:
                 "parameters": [_ID_PARAM],
                 "get": {
                     "summary": "Stream the plaintext; a single Range is honoured.",
+                    "description": "Authorised by an API key, or by a signed link's "
+                    "expires and signature query parameters.",
+                    "security": [{"bearer": []}, {}],
                     "parameters": [
+                        {"name": "expires", "in": "query", "schema": {"type": "integer"}},
+                        {"name": "signature", "in": "query", "schema": {"type": "string"}},
                         {"name": "Range", "in": "header", "schema": {"type": "string"}},
                         {"name": "If-Range", "in": "header", "schema": {"type": "string"}},
                         {
@@ -185,6 +190,7 @@ def openapi_document() -> dict[str, Any]:
                 },
                 "head": {
                     "summary": "The file's metadata in headers.",
+                    "security": [{"bearer": []}, {}],
                     "responses": _with_errors({"200": {"description": "Metadata."}}, "410"),
                 },
                 "delete": {
@@ -193,6 +199,42 @@ def openapi_document() -> dict[str, Any]:
                         {
                             "204": {"description": "Deleted."},
                             "202": {"description": "Another worker is deleting it."},
+                        },
+                        "410",
+                    ),
+                },
+            },
+            "/v1/files/{id}/links": {
+                "parameters": [_ID_PARAM],
+                "post": {
+                    "summary": "A signed download URL, valid at most as long as the file.",
+                    "parameters": [
+                        {
+                            "name": "ttl",
+                            "in": "query",
+                            "schema": {"type": "string", "pattern": r"^\d+(\.\d+)?[smh]?$"},
+                        }
+                    ],
+                    "responses": _with_errors(
+                        {
+                            "201": {
+                                "description": "The link.",
+                                "content": {
+                                    "application/json": {
+                                        "schema": {
+                                            "type": "object",
+                                            "required": ["url", "expires_at"],
+                                            "properties": {
+                                                "url": {"type": "string"},
+                                                "expires_at": {
+                                                    "type": "string",
+                                                    "format": "date-time",
+                                                },
+                                            },
+                                        }
+                                    }
+                                },
+                            }
                         },
                         "410",
                     ),

@@ -426,3 +426,77 @@ async def test_readyz_reports_failing_storage(gateway: Gateway) -> None:
     assert resp.status == 503
     assert (await resp.json())["checks"]["storage"] == "failing"
     assert resp.headers["Retry-After"]
+
+
+async def test_signed_link(gateway: Gateway) -> None:
+    data = os.urandom(70_000)
+    meta = await gateway.upload(data, params={"ttl": "2h"})
+    resp = await gateway.client.post(
+        f"/v1/files/{meta['id']}/links", params={"ttl": "10m"}, headers=await gateway.auth()
+    )
+    assert resp.status == 201
+    link = await resp.json()
+    url = aiohttp.client.URL(link["url"])
+    path_qs = url.raw_path_qs
+    assert url.query["expires"] == str(int(gateway.clock.now() + 600))
+    # No API key needed; ranges work through the link too.
+    got = await gateway.client.get(path_qs)
+    assert got.status == 200 and await got.read() == data
+    part = await gateway.client.get(path_qs, headers={"Range": "bytes=10-19"})
+    assert await part.read() == data[10:20]
+    # Tampered signature, other file, altered expiry: refused.
+    sig = url.query["signature"]
+    forged = sig[:-2] + ("AA" if not sig.endswith("AA") else "BB")
+    for query in (
+        {"expires": url.query["expires"], "signature": forged},
+        {"expires": str(int(url.query["expires"]) + 3600), "signature": sig},
+        {"expires": "soon", "signature": sig},
+    ):
+        bad = await gateway.client.get(f"/v1/files/{meta['id']}", params=query)
+        await assert_problem(bad, 403, "forbidden")
+    other = await gateway.upload(b"other file")
+    await assert_problem(
+        await gateway.client.get(f"/v1/files/{other['id']}", params=dict(url.query)),
+        403,
+        "forbidden",
+    )
+    # The link dies at its own expiry.
+    gateway.clock.advance(600)
+    await assert_problem(await gateway.client.get(path_qs), 403, "forbidden")
+
+
+async def test_signed_link_never_outlives_the_file(gateway: Gateway) -> None:
+    meta = await gateway.upload(b"short", params={"ttl": "60"})
+    resp = await gateway.client.post(
+        f"/v1/files/{meta['id']}/links", params={"ttl": "5h"}, headers=await gateway.auth()
+    )
+    link = await resp.json()
+    assert link["expires_at"] <= meta["expires_at"]
+    path_qs = aiohttp.client.URL(link["url"]).raw_path_qs
+    gateway.clock.advance(59)
+    assert (await gateway.client.get(path_qs)).status == 200
+    gateway.clock.advance(1)
+    got = await gateway.client.get(path_qs)
+    assert got.status in (403, 410)
+    # Deleting the file kills the link even before its expiry.
+    meta2 = await gateway.upload(b"to delete", params={"ttl": "1h"})
+    link2 = await (
+        await gateway.client.post(f"/v1/files/{meta2['id']}/links", headers=await gateway.auth())
+    ).json()
+    await gateway.client.delete(f"/v1/files/{meta2['id']}", headers=await gateway.auth())
+    gone = await gateway.client.get(aiohttp.client.URL(link2["url"]).raw_path_qs)
+    await assert_problem(gone, 410, "gone")
+
+
+async def test_link_creation_needs_the_owner(gateway: Gateway) -> None:
+    meta = await gateway.upload(b"mine")
+    resp = await gateway.client.post(
+        f"/v1/files/{meta['id']}/links", headers=await gateway.auth("globex")
+    )
+    await assert_problem(resp, 404, "not-found")
+    resp = await gateway.client.post(f"/v1/files/{meta['id']}/links")
+    await assert_problem(resp, 401, "unauthorized")
+    resp = await gateway.client.post(
+        f"/v1/files/{meta['id']}/links", params={"ttl": "-5"}, headers=await gateway.auth()
+    )
+    await assert_problem(resp, 400, "bad-request")
