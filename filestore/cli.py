@@ -24,9 +24,10 @@ from filestore.api.app import create_app
 from filestore.auth import create_key
 from filestore.clock import SystemClock
 from filestore.config import Settings
-from filestore.errors import ConfigError, FilestoreError, Unavailable
+from filestore.errors import ConfigError, FilestoreError, MetadataUnavailable, Unavailable
 from filestore.metadata.base import Role
 from filestore.services import ensure_first_key, open_metadata, open_services
+from scheduler.runner import PurgeScheduler
 
 log = logging.getLogger("filestore")
 
@@ -49,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (FILESTORE_HOST)")
     serve.add_argument("--port", type=int, help="port (FILESTORE_PORT)")
     serve.add_argument("--data-dir", help="data directory (FILESTORE_DATA_DIR)")
+
+    sub.add_parser("purge", help="run one purge pass and exit (for cron)")
+    sub.add_parser("scheduler", help="run the purge scheduler without the HTTP API")
 
     keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -90,7 +94,8 @@ async def _serve(settings: Settings) -> None:
         if first_key is not None:
             print("Created a first client key for tenant 'default'; it is shown only once.")
             print(f"API key: {first_key}", flush=True)
-        app = create_app(settings, services=services)
+        scheduler = PurgeScheduler(services)
+        app = create_app(settings, services=services, scheduler=scheduler)
         runner = web.AppRunner(
             app,
             access_log=logging.getLogger("filestore.access"),
@@ -105,12 +110,52 @@ async def _serve(settings: Settings) -> None:
         server = getattr(site, "_server", None)
         if server is not None and server.sockets:
             port = server.sockets[0].getsockname()[1]
+        scheduler.start()
         print(f"filestore {__version__} listening on http://{settings.host}:{port}", flush=True)
         try:
             await stop.wait()
         finally:
             log.info("shutting down")
+            # Stop taking requests, then let a pass in flight finish.
             await runner.cleanup()
+            await scheduler.stop()
+
+
+async def _purge(settings: Settings) -> int:
+    """One pass (purge, sweeps, key epochs, checkpoint); exit 1 if any file
+    failed so a CronJob shows it."""
+    async with open_services(settings, SystemClock()) as services:
+        report = await PurgeScheduler(services).run_pass()
+    print(
+        f"purged {report.purged} of {report.claimed} claimed, {report.failed} failed"
+        + (
+            f" ({', '.join(f'{k}: {v}' for k, v in report.failures.items())})"
+            if report.failed
+            else ""
+        )
+    )
+    if report.error:
+        raise MetadataUnavailable("the purge pass could not run")
+    return 1 if report.failed else 0
+
+
+async def _scheduler_only(settings: Settings) -> None:
+    """The purge scheduler without the HTTP API, until SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with open_services(settings, SystemClock()) as services:
+        scheduler = PurgeScheduler(services)
+        scheduler.start()
+        print(
+            f"filestore {__version__} scheduler running every {settings.purge_interval:g}s",
+            flush=True,
+        )
+        try:
+            await stop.wait()
+        finally:
+            await scheduler.stop()
 
 
 async def _keys(settings: Settings, args: argparse.Namespace) -> None:
@@ -149,6 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             with contextlib.suppress(KeyboardInterrupt):
                 asyncio.run(_serve(settings))
+        elif args.command == "purge":
+            return asyncio.run(_purge(settings))
+        elif args.command == "scheduler":
+            with contextlib.suppress(KeyboardInterrupt):
+                asyncio.run(_scheduler_only(settings))
         elif args.command == "keys":
             asyncio.run(_keys(settings, args))
     except ConfigError as exc:

@@ -69,6 +69,12 @@ def _parse_port(text: str | int) -> int:
     return port
 
 
+def _positive(value: int) -> int:
+    if value < 1:
+        raise ValueError("expected a whole number of at least 1")
+    return value
+
+
 def _parse_level(text: str) -> str:
     level = str(text).upper()
     if level not in _LOG_LEVELS:
@@ -105,6 +111,16 @@ class Settings:
     link_key_file: str = ""
     #: Lifetime of a signed link when the client asks for none (capped at the file's).
     default_link_ttl: float = 3600.0
+    #: A new key-encryption key this often.
+    kek_rotation: float = 3600.0
+    #: Extra wait, past the last possible purge, before a retired KEK is destroyed.
+    kek_grace: float = 3600.0
+    #: Files claimed per purge batch.
+    purge_batch_size: int = 500
+    #: Checkpoint origin line: names this deployment's audit log.
+    audit_origin: str = "filestore.audit/default"
+    #: An exported log whose last checkpoint is older than this fails verification.
+    audit_max_age: float = 7200.0
     log_level: str = "INFO"
     #: A client that sends no body bytes for this long is cut off (408).
     read_timeout: float = 60.0
@@ -232,6 +248,11 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "signing_key_file": str,
     "link_key_file": str,
     "default_link_ttl": parse_duration,
+    "kek_rotation": parse_duration,
+    "kek_grace": parse_duration,
+    "purge_batch_size": lambda v: _positive(int(v)),
+    "audit_origin": str,
+    "audit_max_age": parse_duration,
     "log_level": _parse_level,
     "read_timeout": parse_duration,
     "upload_grace": parse_duration,

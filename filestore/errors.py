@@ -13,7 +13,8 @@ problem+json in one table (``filestore.api.problems``) and the CLI to exit codes
     ├── Gone                     the file expired or was deleted
     ├── BadRequest               the request is malformed (bad option, bad name …)
     │   ├── ChecksumMismatch     the body does not match the expected SHA-256
-    │   └── RangeNotSatisfiable  the Range header cannot be served
+    │   ├── RangeNotSatisfiable  the Range header cannot be served
+    │   └── Conflict             the resource is not in a state that allows it
     ├── TooLarge                 the body exceeds the size limit
     ├── ClientGone               the client disconnected or stalled mid-body
     ├── AuthError                missing or unknown credentials
@@ -67,6 +68,11 @@ class BadRequest(FilestoreError):
 
 class ChecksumMismatch(BadRequest):
     """The uploaded body does not match the checksum the client sent."""
+
+
+class Conflict(BadRequest):
+    """The request is fine but the resource is not in the state it needs
+    (e.g. a receipt for a file not yet deleted)."""
 
 
 class RangeNotSatisfiable(BadRequest):

@@ -40,6 +40,7 @@ from filestore.crypto import (
     open_fields,
     seal_fields,
 )
+from filestore.erasure import Eraser
 from filestore.errors import (
     BadRequest,
     ChecksumMismatch,
@@ -56,9 +57,6 @@ from filestore.storage.base import BlobStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-#: How long a deleter holds a file before another may take over.
-DELETE_LEASE = 300.0
 
 
 @dataclass(frozen=True)
@@ -192,6 +190,7 @@ class Lifecycle:
         self.keyring = keyring
         self.clock = clock
         self.instance = instance or "gw-" + secrets.token_hex(4)
+        self.eraser = Eraser(metadata, blobs, clock, self.instance)
 
     # ------------------------------------------------------------------ upload
     def _ttl(self, requested: float | None) -> float:
@@ -403,35 +402,17 @@ class Lifecycle:
         return await self.secure_delete(file_id, DeleteReason.CLIENT_REQUEST)
 
     async def secure_delete(self, file_id: bytes, reason: DeleteReason) -> bool:
-        """Irreversibly delete one file; the path shared by DELETE, download
-        limits and the purge.
-
-        1. take the lease (``purging``, reason recorded);
-        2. crypto-erase: key row and sealed fields deleted and made durable —
-           from here the ciphertext is unreadable even if step 3 fails;
-        3. delete the blob and verify it is gone;
-        4. mark ``purged``.
-
-        Every step is idempotent, so a run that dies anywhere is finished by a
-        later call once the lease lapses. Returns False if another owner holds
-        the lease. The steps run shielded: a cancelled caller does not leave a
-        half-finished step behind.
-        """
-        return await _shielded(self._secure_delete(file_id, reason))
-
-    async def _secure_delete(self, file_id: bytes, reason: DeleteReason) -> bool:
-        now = self.clock.now()
-        record = await self.metadata.begin_delete(
-            file_id, reason, self.instance, now, now + DELETE_LEASE
-        )
+        """Irreversibly delete one file now, through the same steps and audit
+        path as the purge (:mod:`filestore.erasure`). Returns False if another
+        worker holds the file; raises the storage or database error if a step
+        failed (the file is unreadable from the first step on, and a later
+        call or the purge finishes it)."""
+        record = await self.eraser.lease(file_id, reason)
         if record is None:
             return False
-        await self.metadata.crypto_erase(file_id)
-        name = ids.blob_name(file_id)
-        await self.blobs.delete(name)
-        if await self.blobs.exists(name):
-            raise StorageUnavailable("the blob is still present after deletion")
-        await self.metadata.finish_delete(file_id, self.instance, self.clock.now())
+        report = await self.eraser.erase([record])
+        if report.failed:
+            raise report.failed[0][1]
         return True
 
 

@@ -6,12 +6,13 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from filestore.api import files, health
-from filestore.api.context import SERVICES
+from filestore.api import audit, files, health, ops
+from filestore.api.context import SCHEDULER, SERVICES
 from filestore.api.middleware import errors_middleware
 from filestore.clock import Clock
 from filestore.config import Settings
 from filestore.services import Services, open_services
+from scheduler.runner import PurgeScheduler
 
 
 def create_app(
@@ -19,22 +20,29 @@ def create_app(
     *,
     clock: Clock | None = None,
     services: Services | None = None,
+    scheduler: PurgeScheduler | None = None,
 ) -> web.Application:
     """Build the gateway. Backends open in a cleanup context when the app
-    starts (and close when it stops) unless ready ``services`` are given."""
+    starts (and close when it stops) unless ready ``services`` are given.
+    Without a ``scheduler`` the app gets one that is not started: passes run
+    only when an operator asks (``POST /v1/purge/run``)."""
     # client_max_size bounds only request.read()/post(); uploads are streamed
     # and cut at settings.max_file_size by the lifecycle itself.
     app = web.Application(middlewares=[errors_middleware], client_max_size=1 << 20)
     if services is not None:
         app[SERVICES] = services
+        app[SCHEDULER] = scheduler or PurgeScheduler(services)
     else:
 
         async def resources(app: web.Application) -> AsyncIterator[None]:
             async with open_services(settings, clock) as svc:
                 app[SERVICES] = svc
+                app[SCHEDULER] = PurgeScheduler(svc)
                 yield
 
         app.cleanup_ctx.append(resources)
     app.add_routes(files.routes)
     app.add_routes(health.routes)
+    app.add_routes(ops.routes)
+    app.add_routes(audit.routes)
     return app

@@ -8,8 +8,10 @@ from filestore.auth import Principal, authenticate
 from filestore.errors import NotFound
 from filestore.metadata.base import Role
 from filestore.services import Services
+from scheduler.runner import PurgeScheduler
 
 SERVICES = web.AppKey("services", Services)
+SCHEDULER = web.AppKey("scheduler", PurgeScheduler)
 
 
 def services(request: web.Request) -> Services:

@@ -240,6 +240,95 @@ def openapi_document() -> dict[str, Any]:
                     ),
                 },
             },
+            "/v1/files/{id}/receipt": {
+                "parameters": [_ID_PARAM],
+                "get": {
+                    "summary": "The signed deletion receipt of a purged file: its audit "
+                    "record, Merkle inclusion proof and covering checkpoint.",
+                    "responses": _with_errors(
+                        {"200": {"description": "The receipt (JSON)."}}, "409"
+                    ),
+                },
+            },
+            "/v1/purge/status": {
+                "get": {
+                    "summary": "Purge scheduler state, backlog, overdue times, failures, "
+                    "health (operator).",
+                    "responses": _with_errors({"200": {"description": "Status (JSON)."}}),
+                }
+            },
+            "/v1/purge/run": {
+                "post": {
+                    "summary": "Run a purge pass now and return its report (operator).",
+                    "responses": _with_errors({"200": {"description": "The pass report."}}),
+                }
+            },
+            "/v1/audit/deletions": {
+                "get": {
+                    "summary": "Export the deletion log (auditor), streamed.",
+                    "parameters": [
+                        {
+                            "name": "format",
+                            "in": "query",
+                            "schema": {"type": "string", "enum": ["jsonl", "csv"]},
+                        },
+                        {
+                            "name": "since",
+                            "in": "query",
+                            "description": "RFC 3339 time or Unix seconds, inclusive.",
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "until",
+                            "in": "query",
+                            "description": "RFC 3339 time or Unix seconds, exclusive.",
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "consistency_from",
+                            "in": "query",
+                            "description": "Tree size of a checkpoint the auditor kept; the "
+                            "export then proves it consistent with the newest one.",
+                            "schema": {"type": "integer", "minimum": 0},
+                        },
+                    ],
+                    "responses": _with_errors(
+                        {
+                            "200": {
+                                "description": "JSONL (application/x-ndjson) or CSV.",
+                            }
+                        }
+                    ),
+                }
+            },
+            "/v1/audit/checkpoint": {
+                "get": {
+                    "summary": "The newest signed checkpoint (a C2SP signed note).",
+                    "responses": _with_errors({"200": {"description": "text/plain note."}}),
+                }
+            },
+            "/v1/audit/public-key": {
+                "get": {
+                    "summary": "The audit log's Ed25519 public key (PEM; "
+                    "format=vkey for a C2SP verifier key).",
+                    "security": [],
+                    "parameters": [
+                        {
+                            "name": "format",
+                            "in": "query",
+                            "schema": {"type": "string", "enum": ["pem", "vkey"]},
+                        }
+                    ],
+                    "responses": {"200": {"description": "The key."}},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics (text format 0.0.4).",
+                    "security": [],
+                    "responses": {"200": {"description": "Metrics."}},
+                }
+            },
             "/healthz": {
                 "get": {
                     "summary": "Liveness.",

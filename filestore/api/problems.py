@@ -29,6 +29,7 @@ class Problem:
 TABLE: tuple[tuple[type[Exception], Problem], ...] = (
     (errors.ChecksumMismatch, Problem(422, "checksum-mismatch", "Checksum mismatch")),
     (errors.RangeNotSatisfiable, Problem(416, "range-not-satisfiable", "Range not satisfiable")),
+    (errors.Conflict, Problem(409, "conflict", "Conflict")),
     (errors.BadRequest, Problem(400, "bad-request", "Bad request")),
     (errors.TooLarge, Problem(413, "too-large", "File too large")),
     (errors.ClientGone, Problem(408, "request-timeout", "Request body incomplete")),

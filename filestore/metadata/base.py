@@ -13,9 +13,12 @@ answered 410 and a receipt can be found.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
+
+from filestore.audit.records import AuditRecord
 
 
 class FileState(StrEnum):
@@ -57,6 +60,7 @@ class FileRecord:
     deleted_at: float | None = None
     lease_owner: str | None = None
     lease_expires: float | None = None
+    purge_attempts: int = 0
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,28 @@ class ApiKeyRecord:
     created_at: float
     label: str = ""
     revoked_at: float | None = None
+
+
+@dataclass(frozen=True)
+class PurgeStats:
+    """What the purge status endpoint shows, read in one query."""
+
+    #: Files past expiry and not yet purged.
+    backlog: int
+    #: ``expires_at`` of the most overdue of them.
+    oldest_expiry: float | None
+    #: Files whose last purge attempt failed (retrying with backoff).
+    failing: int
+    #: Failing files by error class.
+    failures_by_error: dict[str, int] = field(default_factory=dict)
+    #: Live (uploading or active) files, and the oldest one's creation time.
+    live: int = 0
+    oldest_live_created: float | None = None
+
+
+#: Audit fields a caller supplies for one deletion; the store adds ``seq``,
+#: ``prev_hash`` and ``hash`` inside the transaction that marks it purged.
+AuditFields = Mapping[str, Any]
 
 
 class MetadataStore(Protocol):
@@ -125,17 +151,90 @@ class MetadataStore(Protocol):
         already purged, or leased by someone else.
         """
 
-    async def crypto_erase(self, file_id: bytes) -> None:
-        """Delete the key row and the sealed fields, durably.
+    async def crypto_erase(self, file_ids: Sequence[bytes]) -> None:
+        """Delete the key rows and sealed fields of ``file_ids``, durably.
 
-        When it returns, no copy of the wrapped key is left in the live
+        When it returns, no copy of those wrapped keys is left in the live
         database files (SQLite: the WAL is checkpointed and truncated).
         Idempotent.
         """
 
-    async def finish_delete(self, file_id: bytes, owner: str, now: float) -> bool:
-        """``purging → purged`` if ``owner`` holds the lease; returns whether
-        it did."""
+    async def finish_delete(
+        self, deletions: Sequence[tuple[bytes, AuditFields]], owner: str, now: float
+    ) -> list[AuditRecord]:
+        """In one transaction: for each file still ``purging`` under
+        ``owner``'s lease, mark it ``purged`` and append its audit record.
+        Files no longer held are skipped. Returns the records appended."""
+
+    # -------------------------------------------------------------- purge
+    async def claim_expired(
+        self, now: float, limit: int, owner: str, lease_until: float
+    ) -> list[FileRecord]:
+        """Lease up to ``limit`` files due for purge, most overdue first.
+
+        Due means: ``expires_at <= now`` and not purged, not leased by a live
+        lease, and not waiting out a retry backoff. Claimed rows become
+        ``purging`` with reason ``expired`` unless a reason was recorded.
+        Cost grows with the number of due files, not with live ones.
+        """
+
+    async def record_failure(self, file_id: bytes, owner: str, retry_at: float, error: str) -> None:
+        """Count a failed attempt, release the lease and hold the file back
+        until ``retry_at``. ``error`` is an error class name, never text."""
+
+    async def purge_stats(self, now: float) -> PurgeStats: ...
+
+    async def stuck_uploads(self, cutoff: float, limit: int) -> list[FileRecord]:
+        """Rows still ``uploading`` that were created before ``cutoff``."""
+
+    async def live_ids(self, file_ids: Sequence[bytes]) -> set[bytes]:
+        """Which of ``file_ids`` have a row that is not purged."""
+
+    # -------------------------------------------------------------- audit
+    async def count_keys(self, kek_id: int) -> int:
+        """How many file keys are still wrapped under ``kek_id``."""
+
+    async def append_audit(self, fields: AuditFields) -> AuditRecord:
+        """Append one record that marks no file row (a KEK destruction, an
+        orphan blob without a row)."""
+
+    async def audit_head(self) -> AuditRecord | None: ...
+
+    async def audit_range(
+        self,
+        after_seq: int,
+        limit: int,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[AuditRecord]:
+        """Records with ``seq > after_seq`` in order, optionally only those
+        recorded in ``[since, until)``."""
+
+    async def audit_hashes(self, size: int) -> list[bytes]:
+        """The raw hashes of records 1..size, the Merkle tree's leaves."""
+
+    async def audit_record_for(self, file_id: str) -> AuditRecord | None: ...
+
+    async def audit_record_for_kek(self, kek_id: int) -> AuditRecord | None:
+        """The record of a KEK's destruction, if any."""
+
+    async def audit_seq_range(
+        self, since: float | None, until: float | None, upto: int
+    ) -> tuple[int, int] | None:
+        """The first and last ``seq`` (at most ``upto``) of records recorded
+        in ``[since, until)``, or None if there are none. Everything between
+        them is exported, so a slice is always a run of consecutive records."""
+
+    async def checkpoints_between(self, low: int, high: int) -> list[str]:
+        """The newest signed note for each tree size in ``[low, high]``."""
+
+    async def add_checkpoint(self, size: int, note: str, now: float) -> None: ...
+
+    async def latest_checkpoint(self) -> tuple[int, str] | None:
+        """The newest checkpoint's tree size and signed note."""
+
+    async def checkpoint_covering(self, size: int) -> tuple[int, str] | None:
+        """The first checkpoint whose tree holds at least ``size`` records."""
 
     # ----------------------------------------------------------- API keys
     async def add_api_key(self, key: ApiKeyRecord) -> None: ...

@@ -21,13 +21,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from filestore.audit.records import AuditRecord, decode_record, encode_record, new_record
 from filestore.errors import MetadataUnavailable, NotFound
 from filestore.metadata.base import (
     ApiKeyRecord,
+    AuditFields,
     DeleteReason,
     FileKey,
     FileRecord,
     FileState,
+    PurgeStats,
     Role,
 )
 
@@ -77,12 +80,46 @@ MIGRATIONS: tuple[str, ...] = (
         revoked_at  REAL
     );
     """,
+    """
+    ALTER TABLE files ADD COLUMN purge_attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE files ADD COLUMN next_attempt_at REAL;
+    ALTER TABLE files ADD COLUMN last_error TEXT;
+    -- Append-only deletion log; body is the record's canonical JSON.
+    CREATE TABLE audit_log (
+        seq         INTEGER PRIMARY KEY,
+        event       TEXT NOT NULL,
+        file_id     TEXT,
+        kek_id      INTEGER,
+        tenant      TEXT,
+        recorded_at REAL NOT NULL,
+        hash        TEXT NOT NULL,
+        body        TEXT NOT NULL
+    );
+    -- Exactly one deletion record per file, whatever crashes and retries do.
+    CREATE UNIQUE INDEX audit_log_one_per_file ON audit_log (file_id)
+        WHERE event = 'file_deleted';
+    CREATE UNIQUE INDEX audit_log_one_per_kek ON audit_log (kek_id)
+        WHERE event = 'kek_destroyed';
+    CREATE INDEX audit_log_time ON audit_log (recorded_at);
+    CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TABLE audit_checkpoints (
+        id          INTEGER PRIMARY KEY,
+        size        INTEGER NOT NULL,
+        created_at  REAL NOT NULL,
+        note        TEXT NOT NULL
+    );
+    CREATE INDEX audit_checkpoints_size ON audit_checkpoints (size);
+    """,
 )
 
 _FILE_COLUMNS = (
     "id, tenant, state, kek_id, created_at, expires_at, size, sealed, max_downloads, "
-    "downloads, delete_reason, deleted_at, lease_owner, lease_expires"
+    "downloads, delete_reason, deleted_at, lease_owner, lease_expires, purge_attempts"
 )
+_NCOLS = len(_FILE_COLUMNS.split(","))
 _FILE_COLUMNS_F = ", ".join("f." + c.strip() for c in _FILE_COLUMNS.split(","))
 
 
@@ -102,6 +139,7 @@ def _file_from_row(row: Sequence[Any]) -> FileRecord:
         deleted,
         owner,
         lease,
+        attempts,
     ) = row
     return FileRecord(
         id=bytes(fid),
@@ -118,6 +156,7 @@ def _file_from_row(row: Sequence[Any]) -> FileRecord:
         deleted_at=None if deleted is None else float(deleted),
         lease_owner=None if owner is None else str(owner),
         lease_expires=None if lease is None else float(lease),
+        purge_attempts=int(attempts),
     )
 
 
@@ -268,8 +307,9 @@ class SQLiteMetadataStore:
             ).fetchone()
             if row is None:
                 return None
-            record = _file_from_row(row[:14])
-            key = None if row[14] is None else FileKey(file_id, int(row[14]), bytes(row[15]))
+            record = _file_from_row(row[:_NCOLS])
+            kek_id, wrapped = row[_NCOLS:]
+            key = None if kek_id is None else FileKey(file_id, int(kek_id), bytes(wrapped))
             return record, key
 
         return await self._run(self._query(fn))
@@ -308,10 +348,14 @@ class SQLiteMetadataStore:
 
         return await self._run(self._tx(fn))
 
-    async def crypto_erase(self, file_id: bytes) -> None:
+    async def crypto_erase(self, file_ids: Sequence[bytes]) -> None:
+        if isinstance(file_ids, bytes):
+            raise TypeError("crypto_erase takes a sequence of file ids")
+
         def fn(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM file_keys WHERE file_id = ?", (file_id,))
-            conn.execute("UPDATE files SET sealed = NULL WHERE id = ?", (file_id,))
+            for file_id in file_ids:
+                conn.execute("DELETE FROM file_keys WHERE file_id = ?", (file_id,))
+                conn.execute("UPDATE files SET sealed = NULL WHERE id = ?", (file_id,))
 
         await self._run(self._tx(fn))
         await self._run(self._checkpoint)
@@ -332,17 +376,234 @@ class SQLiteMetadataStore:
                 raise MetadataUnavailable("the WAL could not be checkpointed (readers busy)")
             time.sleep(0.01)
 
-    async def finish_delete(self, file_id: bytes, owner: str, now: float) -> bool:
-        def fn(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute(
-                "UPDATE files SET state = 'purged', deleted_at = ?, lease_owner = NULL, "
-                "lease_expires = NULL, sealed = NULL "
-                "WHERE id = ? AND state = 'purging' AND lease_owner = ?",
-                (now, file_id, owner),
-            )
-            return cur.rowcount == 1
+    async def finish_delete(
+        self, deletions: Sequence[tuple[bytes, AuditFields]], owner: str, now: float
+    ) -> list[AuditRecord]:
+        def fn(conn: sqlite3.Connection) -> list[AuditRecord]:
+            appended: list[AuditRecord] = []
+            prev = _audit_head(conn)
+            for file_id, fields in deletions:
+                cur = conn.execute(
+                    "UPDATE files SET state = 'purged', deleted_at = ?, lease_owner = NULL, "
+                    "lease_expires = NULL, sealed = NULL, next_attempt_at = NULL "
+                    "WHERE id = ? AND state = 'purging' AND lease_owner = ?",
+                    (now, file_id, owner),
+                )
+                if cur.rowcount != 1:
+                    continue
+                prev = _append(conn, prev, fields)
+                appended.append(prev)
+            return appended
 
         return await self._run(self._tx(fn))
+
+    # ------------------------------------------------------------------- purge
+    async def claim_expired(
+        self, now: float, limit: int, owner: str, lease_until: float
+    ) -> list[FileRecord]:
+        def fn(conn: sqlite3.Connection) -> list[FileRecord]:
+            # The inner scan walks the partial expiry index from the oldest
+            # expiry and stops at ``now``: live files are never visited.
+            rows = conn.execute(
+                "UPDATE files SET state = 'purging', lease_owner = ?, lease_expires = ?, "
+                "delete_reason = coalesce(delete_reason, 'expired') "
+                "WHERE id IN (SELECT id FROM files INDEXED BY files_live_expiry "
+                "  WHERE state <> 'purged' AND expires_at <= ? "
+                "  AND (state <> 'purging' OR lease_expires IS NULL OR lease_expires <= ?) "
+                "  AND (next_attempt_at IS NULL OR next_attempt_at <= ?) "
+                "  ORDER BY expires_at LIMIT ?) "
+                f"RETURNING {_FILE_COLUMNS}",
+                (owner, lease_until, now, now, now, limit),
+            ).fetchall()
+            return sorted((_file_from_row(r) for r in rows), key=lambda r: r.expires_at)
+
+        return await self._run(self._tx(fn))
+
+    async def record_failure(self, file_id: bytes, owner: str, retry_at: float, error: str) -> None:
+        def fn(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE files SET purge_attempts = purge_attempts + 1, next_attempt_at = ?, "
+                "last_error = ?, lease_owner = NULL, lease_expires = NULL "
+                "WHERE id = ? AND state = 'purging' AND lease_owner = ?",
+                (retry_at, error, file_id, owner),
+            )
+
+        await self._run(self._tx(fn))
+
+    async def purge_stats(self, now: float) -> PurgeStats:
+        def fn(conn: sqlite3.Connection) -> PurgeStats:
+            backlog, oldest = conn.execute(
+                "SELECT count(*), min(expires_at) FROM files INDEXED BY files_live_expiry "
+                "WHERE state <> 'purged' AND expires_at <= ?",
+                (now,),
+            ).fetchone()
+            failures = dict(
+                conn.execute(
+                    "SELECT last_error, count(*) FROM files INDEXED BY files_live_expiry "
+                    "WHERE state <> 'purged' AND purge_attempts > 0 GROUP BY last_error"
+                ).fetchall()
+            )
+            live, oldest_live = conn.execute(
+                "SELECT count(*), min(created_at) FROM files WHERE state IN ('uploading', 'active')"
+            ).fetchone()
+            return PurgeStats(
+                backlog=int(backlog),
+                oldest_expiry=oldest,
+                failing=sum(failures.values()),
+                failures_by_error={str(k): int(v) for k, v in failures.items()},
+                live=int(live),
+                oldest_live_created=oldest_live,
+            )
+
+        return await self._run(self._query(fn))
+
+    async def stuck_uploads(self, cutoff: float, limit: int) -> list[FileRecord]:
+        def fn(conn: sqlite3.Connection) -> list[FileRecord]:
+            rows = conn.execute(
+                f"SELECT {_FILE_COLUMNS} FROM files WHERE state = 'uploading' "
+                "AND created_at < ? LIMIT ?",
+                (cutoff, limit),
+            ).fetchall()
+            return [_file_from_row(r) for r in rows]
+
+        return await self._run(self._query(fn))
+
+    async def live_ids(self, file_ids: Sequence[bytes]) -> set[bytes]:
+        def fn(conn: sqlite3.Connection) -> set[bytes]:
+            found: set[bytes] = set()
+            for start in range(0, len(file_ids), 500):
+                part = list(file_ids[start : start + 500])
+                marks = ",".join("?" * len(part))
+                found.update(
+                    bytes(r[0])
+                    for r in conn.execute(
+                        f"SELECT id FROM files WHERE state <> 'purged' AND id IN ({marks})", part
+                    )
+                )
+            return found
+
+        return await self._run(self._query(fn))
+
+    async def count_keys(self, kek_id: int) -> int:
+        def fn(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT count(*) FROM file_keys WHERE kek_id = ?", (kek_id,))
+            return int(row.fetchone()[0])
+
+        return await self._run(self._query(fn))
+
+    # ------------------------------------------------------------------- audit
+    async def append_audit(self, fields: AuditFields) -> AuditRecord:
+        return await self._run(self._tx(lambda conn: _append(conn, _audit_head(conn), fields)))
+
+    async def audit_head(self) -> AuditRecord | None:
+        return await self._run(self._query(_audit_head))
+
+    async def audit_range(
+        self,
+        after_seq: int,
+        limit: int,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[AuditRecord]:
+        def fn(conn: sqlite3.Connection) -> list[AuditRecord]:
+            rows = conn.execute(
+                "SELECT body FROM audit_log WHERE seq > ? AND recorded_at >= ? "
+                "AND recorded_at < ? ORDER BY seq LIMIT ?",
+                (
+                    after_seq,
+                    float("-inf") if since is None else since,
+                    float("inf") if until is None else until,
+                    limit,
+                ),
+            ).fetchall()
+            return [decode_record(r[0]) for r in rows]
+
+        return await self._run(self._query(fn))
+
+    async def audit_hashes(self, size: int) -> list[bytes]:
+        def fn(conn: sqlite3.Connection) -> list[bytes]:
+            rows = conn.execute(
+                "SELECT hash FROM audit_log WHERE seq <= ? ORDER BY seq", (size,)
+            ).fetchall()
+            return [bytes.fromhex(r[0]) for r in rows]
+
+        return await self._run(self._query(fn))
+
+    async def audit_record_for(self, file_id: str) -> AuditRecord | None:
+        def fn(conn: sqlite3.Connection) -> AuditRecord | None:
+            row = conn.execute(
+                "SELECT body FROM audit_log WHERE file_id = ? AND event = 'file_deleted'",
+                (file_id,),
+            ).fetchone()
+            return None if row is None else decode_record(row[0])
+
+        return await self._run(self._query(fn))
+
+    async def audit_record_for_kek(self, kek_id: int) -> AuditRecord | None:
+        def fn(conn: sqlite3.Connection) -> AuditRecord | None:
+            row = conn.execute(
+                "SELECT body FROM audit_log WHERE kek_id = ? AND event = 'kek_destroyed'",
+                (kek_id,),
+            ).fetchone()
+            return None if row is None else decode_record(row[0])
+
+        return await self._run(self._query(fn))
+
+    async def audit_seq_range(
+        self, since: float | None, until: float | None, upto: int
+    ) -> tuple[int, int] | None:
+        def fn(conn: sqlite3.Connection) -> tuple[int, int] | None:
+            low, high = conn.execute(
+                "SELECT min(seq), max(seq) FROM audit_log WHERE seq <= ? "
+                "AND recorded_at >= ? AND recorded_at < ?",
+                (
+                    upto,
+                    float("-inf") if since is None else since,
+                    float("inf") if until is None else until,
+                ),
+            ).fetchone()
+            return None if low is None else (int(low), int(high))
+
+        return await self._run(self._query(fn))
+
+    async def checkpoints_between(self, low: int, high: int) -> list[str]:
+        def fn(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT note FROM audit_checkpoints WHERE id IN (SELECT max(id) "
+                "FROM audit_checkpoints WHERE size BETWEEN ? AND ? GROUP BY size) ORDER BY id",
+                (low, high),
+            ).fetchall()
+            return [str(r[0]) for r in rows]
+
+        return await self._run(self._query(fn))
+
+    async def add_checkpoint(self, size: int, note: str, now: float) -> None:
+        def fn(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO audit_checkpoints (size, created_at, note) VALUES (?, ?, ?)",
+                (size, now, note),
+            )
+
+        await self._run(self._tx(fn))
+
+    async def latest_checkpoint(self) -> tuple[int, str] | None:
+        def fn(conn: sqlite3.Connection) -> tuple[int, str] | None:
+            row = conn.execute(
+                "SELECT size, note FROM audit_checkpoints ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+            return None if row is None else (int(row[0]), str(row[1]))
+
+        return await self._run(self._query(fn))
+
+    async def checkpoint_covering(self, size: int) -> tuple[int, str] | None:
+        def fn(conn: sqlite3.Connection) -> tuple[int, str] | None:
+            row = conn.execute(
+                "SELECT size, note FROM audit_checkpoints WHERE size >= ? ORDER BY id LIMIT 1",
+                (size,),
+            ).fetchone()
+            return None if row is None else (int(row[0]), str(row[1]))
+
+        return await self._run(self._query(fn))
 
     # ---------------------------------------------------------------- API keys
     async def add_api_key(self, key: ApiKeyRecord) -> None:
@@ -398,6 +659,33 @@ class SQLiteMetadataStore:
 
         await asyncio.get_running_loop().run_in_executor(self._executor, fn)
         self._executor.shutdown(wait=True)
+
+
+def _audit_head(conn: sqlite3.Connection) -> AuditRecord | None:
+    row = conn.execute("SELECT body FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+    return None if row is None else decode_record(row[0])
+
+
+def _append(conn: sqlite3.Connection, prev: AuditRecord | None, fields: AuditFields) -> AuditRecord:
+    """Chain one record after ``prev`` and insert it (inside the caller's
+    transaction, which holds SQLite's single write lock: one chain, no
+    forks)."""
+    record = new_record(prev, **fields)
+    conn.execute(
+        "INSERT INTO audit_log (seq, event, file_id, kek_id, tenant, recorded_at, hash, body) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            record.seq,
+            record.event,
+            record.file_id,
+            record.kek_id,
+            record.tenant,
+            record.recorded_at,
+            record.hash,
+            encode_record(record),
+        ),
+    )
+    return record
 
 
 def _split_statements(script: str) -> list[str]:

@@ -66,7 +66,7 @@ async def test_crypto_erase_leaves_no_key_bytes_in_db_or_wal(tmp_path: Path) -> 
         blob = path.read_bytes() + (tmp_path / "m.db-wal").read_bytes()
         assert wrapped in blob
         assert await store.begin_delete(rec.id, DeleteReason.EXPIRED, "o", NOW, NOW + 9)
-        await store.crypto_erase(rec.id)
+        await store.crypto_erase([rec.id])
         files = [p for p in tmp_path.iterdir() if p.name.startswith("m.db")]
         for p in files:
             data = p.read_bytes()

@@ -1,0 +1,126 @@
+"""Auditor endpoints (the deletion log, its checkpoint and public key) and
+the per-file deletion receipt for the owning tenant.
+
+The log is the deployment's: an auditor key sees every record (file ids,
+tenants, sizes and times — never names or contents). A tenant proves the
+deletion of its own file with a receipt, which shows nothing of other
+records but sibling hashes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from aiohttp import web
+
+from filestore import auditlog, ids
+from filestore.api.context import principal, services
+from filestore.audit import verifier_key_string
+from filestore.crypto.signing import public_key_pem
+from filestore.errors import BadRequest, Conflict, NotFound
+from filestore.metadata.base import FileState, Role
+
+routes = web.RouteTableDef()
+
+
+def _time(name: str, value: str | None) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise BadRequest(f"{name} must be an RFC 3339 time or Unix seconds") from exc
+    if parsed.tzinfo is None:
+        raise BadRequest(f"{name} must carry a time zone (e.g. Z)")
+    return parsed.timestamp()
+
+
+@routes.get("/v1/audit/deletions")
+async def deletions(request: web.Request) -> web.StreamResponse:
+    await principal(request, Role.AUDITOR)
+    svc = services(request)
+    query = request.query
+    unknown = set(query) - {"format", "since", "until", "consistency_from"}
+    if unknown:
+        raise BadRequest(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
+    fmt = query.get("format", "jsonl")
+    since, until = _time("since", query.get("since")), _time("until", query.get("until"))
+    consistency_from = None
+    if "consistency_from" in query:
+        if not query["consistency_from"].isdigit():
+            raise BadRequest("consistency_from must be a tree size (a whole number)")
+        consistency_from = int(query["consistency_from"])
+    stream = auditlog.export(
+        svc.metadata,
+        svc.signing_key,
+        svc.settings.audit_origin,
+        svc.clock.now(),
+        fmt=fmt,
+        since=since,
+        until=until,
+        consistency_from=consistency_from,
+    )
+    # Fail before headers: the first batch validates arguments and signs.
+    first = await anext(stream, "")
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "application/x-ndjson; charset=utf-8"
+            if fmt == "jsonl"
+            else "text/csv; charset=utf-8",
+            "Cache-Control": "no-store",
+            "Content-Disposition": f'attachment; filename="filestore-audit.{fmt}"',
+        }
+    )
+    await response.prepare(request)
+    await response.write(first.encode())
+    async for chunk in stream:
+        await response.write(chunk.encode())
+    await response.write_eof()
+    return response
+
+
+@routes.get("/v1/audit/checkpoint")
+async def checkpoint(request: web.Request) -> web.Response:
+    await principal(request, Role.AUDITOR)
+    latest = await services(request).metadata.latest_checkpoint()
+    if latest is None:
+        raise NotFound("no checkpoint has been written yet")
+    return web.Response(
+        text=latest[1], content_type="text/plain", headers={"Cache-Control": "no-store"}
+    )
+
+
+@routes.get("/v1/audit/public-key")
+async def public_key(request: web.Request) -> web.Response:
+    key = services(request).signing_key
+    fmt = request.query.get("format", "pem")
+    if fmt == "pem":
+        return web.Response(body=public_key_pem(key), content_type="application/x-pem-file")
+    if fmt == "vkey":
+        return web.Response(
+            text=verifier_key_string(auditlog.KEY_NAME, key.public_key()) + "\n",
+            content_type="text/plain",
+        )
+    raise BadRequest("format must be pem or vkey")
+
+
+@routes.get("/v1/files/{id}/receipt")
+async def file_receipt(request: web.Request) -> web.Response:
+    who = await principal(request, Role.CLIENT)
+    svc = services(request)
+    file_id = ids.from_text(request.match_info["id"])
+    loaded = await svc.metadata.load(file_id)
+    if loaded is None or loaded[0].tenant != who.tenant:
+        raise NotFound("no such file")
+    if loaded[0].state != FileState.PURGED:
+        raise Conflict("the file is not deleted yet; a receipt exists once it is purged")
+    found = await auditlog.receipt(svc.metadata, ids.to_text(file_id))
+    if found is None:
+        raise Conflict(
+            "the deletion is not yet under a signed checkpoint; retry after the next pass"
+        )
+    return web.json_response(found, headers={"Cache-Control": "no-store"})

@@ -1,0 +1,239 @@
+"""Operator endpoints: purge status, a manual pass, Prometheus metrics.
+
+Figures come from two places: the database (backlog, most overdue file,
+failing files, live files — true across all instances) and this process's
+scheduler (its passes, totals, the 24-hour overdue maximum).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from filestore.api.context import SCHEDULER, principal, services
+from filestore.clock import rfc3339
+from filestore.errors import FilestoreError
+from filestore.metadata.base import PurgeStats, Role
+from scheduler.purge import PassReport
+
+routes = web.RouteTableDef()
+
+
+def _ts(value: float | None) -> str | None:
+    return None if value is None else rfc3339(value)
+
+
+def _report(report: PassReport | None) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    return {
+        "started_at": _ts(report.started_at),
+        "finished_at": _ts(report.finished_at),
+        "duration_seconds": round(report.finished_at - report.started_at, 3),
+        "claimed": report.claimed,
+        "purged": report.purged,
+        "failed": report.failed,
+        "failures": dict(report.failures),
+        "max_overdue_seconds": round(report.max_overdue, 3),
+        "error": report.error,
+    }
+
+
+async def _health(request: web.Request) -> dict[str, str]:
+    svc = services(request)
+    out: dict[str, str] = {}
+    for name, check in (("database", svc.metadata.check), ("storage", svc.blobs.check)):
+        try:
+            async with asyncio.timeout(5):
+                await check()
+            out[name] = "ok"
+        except (FilestoreError, TimeoutError):
+            out[name] = "failing"
+    return out
+
+
+async def _stats(request: web.Request) -> PurgeStats | None:
+    try:
+        return await services(request).metadata.purge_stats(services(request).clock.now())
+    except FilestoreError:
+        return None
+
+
+@routes.get("/v1/purge/status")
+async def purge_status(request: web.Request) -> web.Response:
+    await principal(request, Role.OPERATOR)
+    svc = services(request)
+    status = request.app[SCHEDULER].status
+    now = svc.clock.now()
+    stats = await _stats(request)
+    overdue_now = (
+        max(0.0, now - stats.oldest_expiry) if stats and stats.oldest_expiry is not None else 0.0
+    )
+    body = {
+        "now": rfc3339(now),
+        "scheduler": {
+            "running": status.running,
+            "pass_in_progress": status.in_pass,
+            "interval_seconds": status.interval,
+            "next_pass_at": _ts(status.next_run_at),
+            "passes": status.passes,
+            "last_error": status.last_error,
+        },
+        "last_pass": _report(status.last),
+        "backlog": None if stats is None else stats.backlog,
+        "most_overdue_seconds": round(overdue_now, 3),
+        "max_overdue_seconds_24h": round(max(overdue_now, status.max_overdue_24h(now)), 3),
+        "failing_files": None if stats is None else stats.failing,
+        "failing_files_by_error": None if stats is None else stats.failures_by_error,
+        "failures_total_by_error": dict(status.failures_total),
+        "purged_total": status.purged_total,
+        "live_files": None if stats is None else stats.live,
+        "oldest_live_file_age_seconds": None
+        if stats is None or stats.oldest_live_created is None
+        else round(now - stats.oldest_live_created, 3),
+        "last_checkpoint_size": status.last_checkpoint_size,
+        "health": await _health(request),
+    }
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+@routes.post("/v1/purge/run")
+async def purge_run(request: web.Request) -> web.Response:
+    await principal(request, Role.OPERATOR)
+    report = await request.app[SCHEDULER].run_pass()
+    return web.json_response({"pass": _report(report)}, headers={"Cache-Control": "no-store"})
+
+
+def _metric(
+    lines: list[str], name: str, kind: str, help_text: str, samples: list[tuple[str, float]]
+) -> None:
+    lines.append(f"# HELP {name} {help_text}")
+    lines.append(f"# TYPE {name} {kind}")
+    for labels, value in samples:
+        lines.append(f"{name}{labels} {value:g}")
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition (format 0.0.4) of the purge figures."""
+    svc = services(request)
+    status = request.app[SCHEDULER].status
+    now = svc.clock.now()
+    stats = await _stats(request)
+    health = await _health(request)
+    lines: list[str] = []
+    up = [("", 1.0 if stats is not None else 0.0)]
+    _metric(lines, "filestore_database_up", "gauge", "Whether the database answered.", up)
+    _metric(
+        lines,
+        "filestore_storage_up",
+        "gauge",
+        "Whether storage is writable.",
+        [("", 1.0 if health["storage"] == "ok" else 0.0)],
+    )
+    _metric(
+        lines,
+        "filestore_purge_scheduler_running",
+        "gauge",
+        "Whether this process runs the purge job.",
+        [("", float(status.running))],
+    )
+    _metric(
+        lines,
+        "filestore_purge_interval_seconds",
+        "gauge",
+        "Purge pass interval.",
+        [("", status.interval)],
+    )
+    _metric(
+        lines,
+        "filestore_purge_passes_total",
+        "counter",
+        "Purge passes run here.",
+        [("", float(status.passes))],
+    )
+    _metric(
+        lines,
+        "filestore_purged_files_total",
+        "counter",
+        "Files purged by this process.",
+        [("", float(status.purged_total))],
+    )
+    _metric(
+        lines,
+        "filestore_purge_failures_total",
+        "counter",
+        "Failed purge attempts.",
+        [(f'{{error="{k}"}}', float(v)) for k, v in sorted(status.failures_total.items())]
+        or [('{error="none"}', 0.0)],
+    )
+    last = status.last
+    if last is not None:
+        _metric(
+            lines,
+            "filestore_purge_last_pass_timestamp_seconds",
+            "gauge",
+            "When the last pass ended.",
+            [("", last.finished_at)],
+        )
+        _metric(
+            lines,
+            "filestore_purge_last_pass_duration_seconds",
+            "gauge",
+            "How long the last pass took.",
+            [("", last.finished_at - last.started_at)],
+        )
+    if stats is not None:
+        overdue = max(0.0, now - stats.oldest_expiry) if stats.oldest_expiry is not None else 0.0
+        _metric(
+            lines,
+            "filestore_purge_backlog_files",
+            "gauge",
+            "Expired files not yet purged.",
+            [("", float(stats.backlog))],
+        )
+        _metric(
+            lines,
+            "filestore_purge_most_overdue_seconds",
+            "gauge",
+            "Seconds the most overdue expired file is past its expiry.",
+            [("", overdue)],
+        )
+        _metric(
+            lines,
+            "filestore_purge_failing_files",
+            "gauge",
+            "Files whose last purge attempt failed.",
+            [("", float(stats.failing))],
+        )
+        _metric(
+            lines,
+            "filestore_live_files",
+            "gauge",
+            "Files uploading or active.",
+            [("", float(stats.live))],
+        )
+        age = now - stats.oldest_live_created if stats.oldest_live_created is not None else 0.0
+        _metric(
+            lines,
+            "filestore_oldest_live_file_age_seconds",
+            "gauge",
+            "Age of the oldest live file.",
+            [("", age)],
+        )
+    _metric(
+        lines,
+        "filestore_purge_max_overdue_seconds_24h",
+        "gauge",
+        "Largest overdue time seen by this process in the last 24 hours.",
+        [("", status.max_overdue_24h(now))],
+    )
+    return web.Response(
+        body=("\n".join(lines) + "\n").encode(),
+        headers={
+            "Content-Type": "text/plain; version=0.0.4; charset=utf-8",
+            "Cache-Control": "no-store",
+        },
+    )

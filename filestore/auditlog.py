@@ -1,0 +1,135 @@
+"""The deletion log as a service: checkpoints, exports and receipts over the
+records the metadata store keeps.
+
+:mod:`filestore.audit` is the pure format library; this module feeds it from
+the database, for the HTTP API, the CLI and the scheduler alike.
+
+Exports are streamed: the pure exporter is a plain generator, so it runs in a
+worker thread that pulls pages of records from the (async) store through the
+event loop, while the loop sends each batch of lines as it comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from filestore.audit import (
+    GENESIS_HASH,
+    AuditRecord,
+    Checkpoint,
+    ExportHeader,
+    export_csv,
+    export_lines,
+    make_receipt,
+    sign_checkpoint,
+)
+from filestore.audit.merkle import root
+from filestore.errors import BadRequest
+from filestore.metadata.base import MetadataStore
+
+#: The name checkpoints are signed under (the signed note's key name).
+KEY_NAME = "filestore-audit"
+PAGE = 1000
+LINES_PER_WRITE = 500
+
+
+async def write_checkpoint(
+    metadata: MetadataStore, key: Ed25519PrivateKey, origin: str, now: float
+) -> tuple[int, str]:
+    """Sign the log as it stands and store the note; returns (size, note).
+
+    Written after every purge pass, also one that deleted nothing, so a
+    verifier can tell a fresh log from a stale one.
+    """
+    head = await metadata.audit_head()
+    size = 0 if head is None else head.seq
+    leaves = await metadata.audit_hashes(size)
+    checkpoint = Checkpoint(
+        origin=origin,
+        size=size,
+        root=root(leaves),
+        chain_head=GENESIS_HASH if head is None else head.hash,
+        time=now,
+    )
+    note = sign_checkpoint(checkpoint, key, KEY_NAME)
+    await metadata.add_checkpoint(size, note, now)
+    return size, note
+
+
+async def export(
+    metadata: MetadataStore,
+    key: Ed25519PrivateKey,
+    origin: str,
+    now: float,
+    *,
+    fmt: str = "jsonl",
+    since: float | None = None,
+    until: float | None = None,
+    consistency_from: int | None = None,
+) -> AsyncIterator[str]:
+    """Stream an export ending at a checkpoint signed now.
+
+    JSONL carries the checkpoints inline and whatever a slice needs to be
+    verified alone (see docs/audit-log.md); CSV is the same records for a
+    spreadsheet and is not verifiable by itself.
+    """
+    if fmt not in ("jsonl", "csv"):
+        raise BadRequest("format must be jsonl or csv")
+    size, newest = await write_checkpoint(metadata, key, origin, now)
+    if consistency_from is not None and not 0 <= consistency_from <= size:
+        raise BadRequest(f"consistency_from must be between 0 and {size}")
+    span = await metadata.audit_seq_range(since, until, size)
+    first, last = span if span is not None else (size + 1, size)
+    notes = await metadata.checkpoints_between(max(first - 1, 0), last)
+    if newest not in notes:
+        notes.append(newest)
+    partial = since is not None or until is not None
+    needs_leaves = first > 1 or consistency_from is not None or (partial and last < size)
+    leaves = await metadata.audit_hashes(size) if needs_leaves else None
+    loop = asyncio.get_running_loop()
+
+    def records() -> Iterator[AuditRecord]:
+        # Runs in the worker thread; each page is fetched on the loop.
+        after = first - 1
+        while after < last:
+            page = asyncio.run_coroutine_threadsafe(
+                metadata.audit_range(after, min(PAGE, last - after)), loop
+            ).result()
+            if not page:
+                return
+            yield from page
+            after = page[-1].seq
+
+    lines: Iterator[str]
+    if fmt == "csv":
+        lines = export_csv(records())
+    else:
+        header = ExportHeader(first_seq=first, exported_at=now, since=since, until=until)
+        lines = export_lines(
+            header, records(), notes, leaves=leaves, consistency_from=consistency_from
+        )
+
+    def take() -> list[str]:
+        return list(itertools.islice(lines, LINES_PER_WRITE))
+
+    while batch := await loop.run_in_executor(None, take):
+        yield "".join(batch)
+
+
+async def receipt(metadata: MetadataStore, file_id: str) -> dict[str, Any] | None:
+    """The deletion receipt of one file (record, inclusion proof, signed
+    checkpoint), or None if its deletion is not yet under a checkpoint."""
+    record = await metadata.audit_record_for(file_id)
+    if record is None:
+        return None
+    covering = await metadata.checkpoint_covering(record.seq)
+    if covering is None:
+        return None
+    size, note = covering
+    leaves = await metadata.audit_hashes(size)
+    return make_receipt(record, note, leaves=leaves)

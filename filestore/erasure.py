@@ -1,0 +1,147 @@
+"""Secure, irreversible deletion: the steps every deletion path shares.
+
+DELETE, download limits, the purge pass and the orphan sweep all end here, so
+there is one order of steps and one audit path:
+
+1. the caller holds the lease on each file (``purging``, reason recorded);
+2. **crypto-erase**: the key rows and sealed fields of the whole batch are
+   deleted and made durable in one transaction (SQLite: WAL truncated) —
+   from here the ciphertext is unreadable even if a later step fails;
+3. each blob is deleted and verified gone (a few at a time);
+4. in one transaction: an audit record per file and ``purged``.
+
+Every step is idempotent, so a run that dies at any line is finished by the
+next run once the lease lapses; the audit log's uniqueness on the file id
+keeps it to one record per file whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from filestore import __version__, ids
+from filestore.audit.records import AuditRecord
+from filestore.clock import Clock
+from filestore.errors import FilestoreError, StorageUnavailable
+from filestore.metadata.base import DeleteReason, FileRecord, MetadataStore
+from filestore.storage.base import BlobStore
+
+log = logging.getLogger(__name__)
+
+#: How long a deleter holds a file before another may take over.
+LEASE = 300.0
+#: Blob deletions in flight at once.
+BLOB_CONCURRENCY = 8
+METHOD = "crypto_erase+delete"
+
+#: Test hook: awaited after each step with the step's name.
+StepHook = Callable[[str], Awaitable[None]]
+
+
+@dataclass
+class ErasureReport:
+    """What one call achieved: records appended, and files that failed with
+    the error class that stopped them (retried later)."""
+
+    purged: list[AuditRecord] = field(default_factory=list)
+    failed: list[tuple[FileRecord, FilestoreError]] = field(default_factory=list)
+
+
+class Eraser:
+    """Runs steps 2-4 for files whose lease the caller holds."""
+
+    def __init__(
+        self,
+        metadata: MetadataStore,
+        blobs: BlobStore,
+        clock: Clock,
+        instance: str,
+        after_step: StepHook | None = None,
+    ) -> None:
+        self.metadata = metadata
+        self.blobs = blobs
+        self.clock = clock
+        self.instance = instance
+        self.after_step = after_step
+
+    async def _step(self, name: str) -> None:
+        if self.after_step is not None:
+            await self.after_step(name)
+
+    async def lease(self, file_id: bytes, reason: DeleteReason) -> FileRecord | None:
+        """Step 1 for one file (DELETE, download limit); None if someone else
+        holds it or it is already purged."""
+        now = self.clock.now()
+        return await self.metadata.begin_delete(file_id, reason, self.instance, now, now + LEASE)
+
+    async def erase(self, records: Sequence[FileRecord]) -> ErasureReport:
+        """Steps 2-4 for ``records``. Raises only if step 2 fails (then no
+        file of the batch changed state and all are retried later); failures
+        of single blobs are reported, not raised. Shielded from cancellation:
+        a cancelled caller does not leave a step half done."""
+        return await asyncio.shield(self._erase(records))
+
+    async def _erase(self, records: Sequence[FileRecord]) -> ErasureReport:
+        report = ErasureReport()
+        if not records:
+            return report
+        await self._step("leased")
+        await self.metadata.crypto_erase([r.id for r in records])
+        await self._step("crypto_erased")
+        limit = asyncio.Semaphore(BLOB_CONCURRENCY)
+
+        async def remove(record: FileRecord) -> FilestoreError | None:
+            async with limit:
+                name = ids.blob_name(record.id)
+                try:
+                    await self.blobs.delete(name)
+                    if await self.blobs.exists(name):
+                        raise StorageUnavailable("the blob is still present after deletion")
+                except FilestoreError as exc:
+                    return exc
+                return None
+
+        outcomes = await asyncio.gather(*(remove(r) for r in records))
+        await self._step("blobs_deleted")
+        done: list[FileRecord] = []
+        for record, error in zip(records, outcomes, strict=True):
+            if error is None:
+                done.append(record)
+            else:
+                log.warning(
+                    "could not remove blob of %s (%s); will retry",
+                    ids.to_text(record.id),
+                    type(error).__name__,
+                )
+                report.failed.append((record, error))
+        now = self.clock.now()
+        report.purged = await self.metadata.finish_delete(
+            [(r.id, self.audit_fields(r, now)) for r in done], self.instance, now
+        )
+        await self._step("finished")
+        return report
+
+    def audit_fields(self, record: FileRecord, now: float) -> dict[str, Any]:
+        """The audit record of one deletion: lifecycle facts only — no name,
+        content type, checksum, address or error text."""
+        return {
+            "event": "file_deleted",
+            "recorded_at": now,
+            "file_id": ids.to_text(record.id),
+            "tenant": record.tenant,
+            "size": record.size,
+            "created_at": record.created_at,
+            "expires_at": record.expires_at,
+            "deleted_at": now,
+            "reason": str(record.delete_reason or DeleteReason.EXPIRED),
+            "backend": self.blobs.name,
+            "method": METHOD,
+            "verification": {"key_erased": True, "blob_absent": True},
+            "kek_id": record.kek_id,
+            "actor": self.instance,
+            "software_version": __version__,
+        }

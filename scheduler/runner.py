@@ -1,0 +1,146 @@
+"""APScheduler wiring and the purge status it keeps.
+
+Each process keeps its own in-memory interval job (APScheduler 3 job stores
+must not be shared); coordination between instances lives in the database
+(leases). Passes never overlap within a process: the job and manual triggers
+share one lock, and APScheduler coalesces missed runs into one. The first
+pass runs at once on start, which also covers passes missed while the
+process was down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from filestore.auditlog import write_checkpoint
+from filestore.errors import FilestoreError
+from filestore.services import Services
+from scheduler.keys import manage_keys
+from scheduler.purge import PassReport, purge_pass
+from scheduler.sweep import sweep_orphan_blobs, sweep_stuck_uploads
+
+log = logging.getLogger(__name__)
+DAY = 86400.0
+
+
+@dataclass
+class PurgeStatus:
+    """What this process knows of its own passes (the database knows the
+    backlog; see ``MetadataStore.purge_stats``)."""
+
+    interval: float
+    running: bool = False
+    in_pass: bool = False
+    last: PassReport | None = None
+    next_run_at: float | None = None
+    passes: int = 0
+    purged_total: int = 0
+    failed_total: int = 0
+    orphans_total: int = 0
+    failures_total: Counter[str] = field(default_factory=Counter)
+    last_checkpoint_size: int | None = None
+    last_error: str | None = None
+    #: (pass end, max overdue) of recent passes, for the 24-hour maximum.
+    overdue: deque[tuple[float, float]] = field(default_factory=deque)
+
+    def max_overdue_24h(self, now: float) -> float:
+        while self.overdue and self.overdue[0][0] < now - DAY:
+            self.overdue.popleft()
+        return max((o for _t, o in self.overdue), default=0.0)
+
+
+class PurgeScheduler:
+    """Runs the purge pass, sweeps, key epochs and checkpoint on a timer."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.status = PurgeStatus(interval=services.settings.purge_interval)
+        self._lock = asyncio.Lock()
+        self._scheduler: AsyncIOScheduler | None = None
+
+    async def run_pass(self) -> PassReport:
+        """One full pass now (waits for a pass already running to end)."""
+        async with self._lock:
+            self.status.in_pass = True
+            try:
+                return await self._run()
+            finally:
+                self.status.in_pass = False
+
+    async def _run(self) -> PassReport:
+        svc = self.services
+        settings = svc.settings
+        eraser = svc.lifecycle.eraser
+        report = await purge_pass(
+            svc.metadata,
+            eraser,
+            interval=settings.purge_interval,
+            batch_size=settings.purge_batch_size,
+        )
+        status = self.status
+        try:
+            swept = await sweep_stuck_uploads(svc.metadata, eraser, settings.upload_grace)
+            orphans = await sweep_orphan_blobs(
+                svc.metadata, svc.blobs, eraser, settings.upload_grace
+            )
+            status.orphans_total += swept.stuck_uploads + orphans.orphan_blobs
+            await manage_keys(svc.keyring, svc.metadata, eraser, settings)
+            size, _note = await write_checkpoint(
+                svc.metadata, svc.signing_key, settings.audit_origin, svc.clock.now()
+            )
+            status.last_checkpoint_size = size
+            status.last_error = report.error
+        except FilestoreError as exc:
+            status.last_error = type(exc).__name__
+            log.error("purge housekeeping failed: %s", status.last_error)
+        status.last = report
+        status.passes += 1
+        status.purged_total += report.purged
+        status.failed_total += report.failed
+        status.failures_total.update(report.failures)
+        status.overdue.append((report.finished_at, report.max_overdue))
+        return report
+
+    def start(self) -> None:
+        """Start the interval job; the first pass runs at once."""
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        scheduler.add_job(
+            self._job,
+            "interval",
+            seconds=self.services.settings.purge_interval,
+            id="purge",
+            next_run_time=datetime.now(UTC),
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=None,
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+        self.status.running = True
+
+    async def _job(self) -> None:
+        try:
+            await self.run_pass()
+        except Exception:  # never let the job die; the next run tries again
+            log.exception("purge pass crashed")
+        self._note_next_run()
+
+    def _note_next_run(self) -> None:
+        job = self._scheduler.get_job("purge") if self._scheduler else None
+        when = getattr(job, "next_run_time", None)
+        self.status.next_run_at = when.timestamp() if when else None
+
+    async def stop(self) -> None:
+        """Stop the timer and wait for a pass in flight to finish."""
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+        self.status.running = False
+        async with self._lock:
+            pass

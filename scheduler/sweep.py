@@ -1,0 +1,117 @@
+"""Sweeps: what a crash or an abandoned upload leaves behind.
+
+* rows stuck in ``uploading`` past the grace time (the client vanished and
+  the cleanup could not run) are erased like any file, ``reason=orphan``;
+* blobs in storage with no live row (a crash between writing a blob and
+  recording it, or between removing a row and its blob) are removed and
+  audited ``reason=orphan`` — unless the file's deletion is already on the
+  record, in which case only the leftover ciphertext (whose key is gone) is
+  removed.
+
+Blobs younger than the grace time are left alone: they may belong to an
+upload in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from filestore import __version__, ids
+from filestore.erasure import LEASE, Eraser
+from filestore.errors import FilestoreError, StorageUnavailable
+from filestore.metadata.base import DeleteReason, MetadataStore
+from filestore.storage.base import BlobStore, ListableBlobStore
+
+log = logging.getLogger(__name__)
+
+LIST_BATCH = 500
+
+
+@dataclass
+class SweepReport:
+    stuck_uploads: int = 0
+    orphan_blobs: int = 0
+    failed: int = 0
+
+
+async def sweep_stuck_uploads(
+    metadata: MetadataStore, eraser: Eraser, grace: float, limit: int = 500
+) -> SweepReport:
+    report = SweepReport()
+    now = eraser.clock.now()
+    for record in await metadata.stuck_uploads(now - grace, limit):
+        leased = await metadata.begin_delete(
+            record.id, DeleteReason.ORPHAN, eraser.instance, now, now + LEASE
+        )
+        if leased is None:
+            continue
+        result = await eraser.erase([leased])
+        report.stuck_uploads += len(result.purged)
+        report.failed += len(result.failed)
+    return report
+
+
+async def sweep_orphan_blobs(
+    metadata: MetadataStore, blobs: BlobStore, eraser: Eraser, grace: float
+) -> SweepReport:
+    """Remove blobs that no live row claims. Needs a listable store."""
+    report = SweepReport()
+    if not isinstance(blobs, ListableBlobStore):
+        return report
+    cutoff = eraser.clock.now() - grace
+    candidates: list[str] = []
+    async for blob in blobs.list_blobs():
+        if blob.modified_at < cutoff:
+            candidates.append(blob.name)
+        if len(candidates) >= LIST_BATCH:
+            await _remove_orphans(metadata, blobs, eraser, candidates, report)
+            candidates = []
+    if candidates:
+        await _remove_orphans(metadata, blobs, eraser, candidates, report)
+    return report
+
+
+async def _remove_orphans(
+    metadata: MetadataStore,
+    blobs: BlobStore,
+    eraser: Eraser,
+    names: list[str],
+    report: SweepReport,
+) -> None:
+    by_id = {bytes.fromhex(name): name for name in dict.fromkeys(names)}
+    live = await metadata.live_ids(list(by_id))
+    for file_id, name in by_id.items():
+        if file_id in live:
+            continue
+        try:
+            await blobs.delete(name)
+            if await blobs.exists(name):
+                raise StorageUnavailable("the blob is still present after deletion")
+        except FilestoreError as exc:
+            log.warning("could not remove orphan blob (%s)", type(exc).__name__)
+            report.failed += 1
+            continue
+        text_id = ids.to_text(file_id)
+        if await metadata.audit_record_for(text_id) is None:
+            now = eraser.clock.now()
+            await metadata.append_audit(
+                {
+                    "event": "file_deleted",
+                    "recorded_at": now,
+                    "file_id": text_id,
+                    "tenant": None,
+                    "size": None,
+                    "created_at": None,
+                    "expires_at": None,
+                    "deleted_at": now,
+                    "reason": str(DeleteReason.ORPHAN),
+                    "backend": blobs.name,
+                    "method": "delete",
+                    "verification": {"blob_absent": True},
+                    "kek_id": None,
+                    "actor": eraser.instance,
+                    "software_version": __version__,
+                }
+            )
+        report.orphan_blobs += 1

@@ -1,0 +1,247 @@
+"""The purge pass against real SQLite and local storage, on a manual clock."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from filestore import ids
+from filestore.erasure import LEASE
+from filestore.metadata.base import FileState
+from filestore.services import Services, open_services
+from filestore.clock import ManualClock
+from filestore.config import Settings
+from scheduler.purge import purge_pass
+from scheduler.runner import PurgeScheduler
+from tests.support.files import make_file
+from tests.support.gateway import Gateway
+
+
+class Boom(Exception):
+    """An injected crash."""
+
+
+def _rows(services: Services) -> dict[str, str]:
+    conn = sqlite3.connect(services.settings.database_path)
+    try:
+        return {ids.to_text(bytes(r[0])): r[1] for r in conn.execute("SELECT id, state FROM files")}
+    finally:
+        conn.close()
+
+
+def _blob_names(services: Services) -> set[str]:
+    root = services.settings.storage_dir
+    return {p.name.split(".")[0] for p in root.rglob("*") if p.is_file()}
+
+
+async def _records(services: Services) -> list[object]:
+    return list(await services.metadata.audit_range(0, 10_000))
+
+
+async def _pass(services: Services, **kw: int):  # type: ignore[no-untyped-def]
+    return await purge_pass(services.metadata, services.lifecycle.eraser, interval=60, **kw)
+
+
+async def test_expired_files_are_gone_then_purged(gateway: Gateway) -> None:
+    svc = gateway.services
+    short = await gateway.upload(b"one minute", params={"ttl": "60"})
+    medium = await gateway.upload(b"two minutes", params={"ttl": "120"})
+    long = await gateway.upload(b"an hour", params={"ttl": "3600"})
+    gateway.clock.advance(120)
+    for meta in (short, medium):
+        assert (await gateway.get(meta["id"])).status == 410
+    assert (await gateway.get(long["id"])).status == 200
+    report = await _pass(svc)
+    assert (report.claimed, report.purged, report.failed) == (2, 2, 0)
+    assert report.max_overdue == pytest.approx(60)
+    rows = _rows(svc)
+    assert rows[short["id"]] == rows[medium["id"]] == "purged"
+    assert rows[long["id"]] == "active"
+    assert _blob_names(svc) == {ids.blob_name(ids.from_text(long["id"]))}
+    records = await _records(svc)
+    assert sorted(r.file_id for r in records) == sorted([short["id"], medium["id"]])  # type: ignore[attr-defined]
+    assert {r.reason for r in records} == {"expired"}  # type: ignore[attr-defined]
+    # Idempotent: nothing more to do, no second record.
+    again = await _pass(svc)
+    assert (again.claimed, again.purged) == (0, 0)
+    assert len(await _records(svc)) == 2
+
+
+async def test_pass_batches_and_is_bounded(gateway: Gateway) -> None:
+    svc = gateway.services
+    made = [await make_file(svc, ttl=10, size=10) for _ in range(23)]
+    gateway.clock.advance(11)
+    report = await _pass(svc, batch_size=5)
+    assert report.purged == 23
+    assert all(state == "purged" for state in _rows(svc).values())
+    assert {r.file_id for r in await _records(svc)} == {f.id_text for f in made}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("step", ["leased", "crypto_erased", "blobs_deleted", "finished"])
+async def test_crash_at_each_step_is_finished_by_the_next_pass(gateway: Gateway, step: str) -> None:
+    svc = gateway.services
+    made = [await make_file(svc, ttl=30) for _ in range(6)]
+    gateway.clock.advance(31)
+    eraser = svc.lifecycle.eraser
+
+    async def crash(name: str) -> None:
+        if name == step:
+            raise Boom(name)
+
+    eraser.after_step = crash
+    with pytest.raises(Boom):
+        await _pass(svc)
+    eraser.after_step = None
+    # Unreadable from the moment it expired, whatever the crash left.
+    for info in made:
+        assert (await gateway.get(info.id_text)).status == 410
+    gateway.clock.advance(LEASE)  # the crashed pass's leases lapse
+    await _pass(svc)
+    assert all(state == "purged" for state in _rows(svc).values())
+    assert _blob_names(svc) == set()
+    records = await _records(svc)
+    assert sorted(r.file_id for r in records) == sorted(f.id_text for f in made)  # type: ignore[attr-defined]
+
+
+async def test_one_failing_blob_does_not_stop_the_pass(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc = gateway.services
+    made = [await make_file(svc, ttl=30) for _ in range(5)]
+    stuck = ids.blob_name(made[2].id)
+    gateway.clock.advance(31)
+    real_delete = svc.blobs.delete
+
+    async def failing_delete(name: str) -> None:
+        if name == stuck:
+            from filestore.errors import StorageUnavailable
+
+            raise StorageUnavailable("injected")
+        await real_delete(name)
+
+    monkeypatch.setattr(svc.blobs, "delete", failing_delete)
+    report = await _pass(svc)
+    assert (report.purged, report.failed) == (4, 1)
+    assert report.failures == {"StorageUnavailable": 1}
+    stats = await svc.metadata.purge_stats(gateway.clock.now())
+    assert stats.backlog == 1 and stats.failing == 1
+    assert stats.failures_by_error == {"StorageUnavailable": 1}
+    # Held back by the backoff: the next immediate pass leaves it alone.
+    assert (await _pass(svc)).claimed == 0
+    monkeypatch.undo()
+    gateway.clock.advance(61)
+    report = await _pass(svc)
+    assert report.purged == 1
+    assert _blob_names(svc) == set()
+    assert len(await _records(svc)) == 5
+    assert (await svc.metadata.purge_stats(gateway.clock.now())).backlog == 0
+
+
+async def test_no_key_residue_after_purge(gateway: Gateway) -> None:
+    svc = gateway.services
+    info = await make_file(svc, ttl=30)
+    loaded = await svc.metadata.load(info.id)
+    assert loaded is not None and loaded[1] is not None
+    wrapped = loaded[1].wrapped
+    sealed = loaded[0].sealed
+    assert sealed is not None
+    gateway.clock.advance(31)
+    assert (await _pass(svc)).purged == 1
+    db_dir = svc.settings.database_path.parent
+    files = list(db_dir.glob(svc.settings.database_path.name + "*"))
+    assert files
+    for path in files:
+        data = path.read_bytes()
+        assert wrapped not in data, path.name
+        assert sealed not in data, path.name
+        assert b"secret-name" not in data, path.name
+
+
+async def test_one_record_per_file_is_enforced_by_the_database(gateway: Gateway) -> None:
+    svc = gateway.services
+    info = await make_file(svc, ttl=30)
+    gateway.clock.advance(31)
+    await _pass(svc)
+    conn = sqlite3.connect(svc.settings.database_path)
+    try:
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute(
+                "INSERT INTO audit_log (seq, event, file_id, recorded_at, hash, body) "
+                "VALUES (99, 'file_deleted', ?, 0, 'x', '{}')",
+                (info.id_text,),
+            )
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute("DELETE FROM audit_log")
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute("UPDATE audit_log SET tenant = 'x'")
+    finally:
+        conn.close()
+
+
+async def test_stuck_upload_is_swept_as_orphan(gateway: Gateway) -> None:
+    svc = gateway.services
+    from filestore.metadata.base import FileKey, FileRecord
+
+    file_id = ids.new_file_id()
+    now = gateway.clock.now()
+    await svc.metadata.create_upload(
+        FileRecord(file_id, "acme", FileState.UPLOADING, 1, now, now + 20 * 3600),
+        FileKey(file_id, 1, b"w" * 60),
+    )
+    writer = await svc.blobs.create(ids.blob_name(file_id))
+    await writer.write(b"partial ciphertext")  # the crash: never committed or aborted
+    scheduler = PurgeScheduler(svc)
+    await scheduler.run_pass()
+    assert _rows(svc)[ids.to_text(file_id)] == "uploading"  # within the grace
+    gateway.clock.advance(svc.settings.upload_grace + 1)
+    await scheduler.run_pass()
+    assert _rows(svc)[ids.to_text(file_id)] == "purged"
+    (record,) = await _records(svc)
+    assert record.reason == "orphan"  # type: ignore[attr-defined]
+
+
+async def test_orphan_blob_without_row_is_removed_and_audited(gateway: Gateway) -> None:
+    svc = gateway.services
+    file_id = ids.new_file_id()
+    writer = await svc.blobs.create(ids.blob_name(file_id))
+    await writer.write(b"ciphertext left by a crash")
+    await writer.commit()
+    scheduler = PurgeScheduler(svc)
+    gateway.clock.advance(svc.settings.upload_grace + 1)
+    # The blob's mtime is real time; move the manual clock well past it.
+    gateway.clock.set(
+        max(gateway.clock.now(), __import__("time").time()) + svc.settings.upload_grace + 1
+    )
+    await scheduler.run_pass()
+    assert _blob_names(svc) == set()
+    (record,) = await _records(svc)
+    assert (record.file_id, record.reason) == (ids.to_text(file_id), "orphan")  # type: ignore[attr-defined]
+
+
+async def test_scheduler_runs_at_once_and_stops_cleanly(tmp_path: Path) -> None:
+    import asyncio
+
+    settings = Settings.load(
+        env={}, data_dir=tmp_path / "data", purge_interval=3600, max_ttl=20 * 3600
+    )
+    clock = ManualClock()
+    async with open_services(settings, clock) as svc:
+        info = await make_file(svc, ttl=5)
+        clock.advance(6)
+        scheduler = PurgeScheduler(svc)
+        scheduler.start()
+        try:
+            for _ in range(200):  # bounded wait for the first, immediate pass
+                if scheduler.status.passes:
+                    break
+                await asyncio.sleep(0.02)
+            assert scheduler.status.passes == 1
+            assert scheduler.status.running
+            assert scheduler.status.next_run_at is not None
+        finally:
+            await scheduler.stop()
+        assert not scheduler.status.running
+        loaded = await svc.metadata.load(info.id)
+        assert loaded is not None and loaded[0].state == FileState.PURGED
