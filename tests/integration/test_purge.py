@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from filestore import ids
+from filestore.clock import ManualClock
+from filestore.config import Settings
 from filestore.erasure import LEASE
 from filestore.metadata.base import FileState
 from filestore.services import Services, open_services
-from filestore.clock import ManualClock
-from filestore.config import Settings
 from scheduler.purge import purge_pass
 from scheduler.runner import PurgeScheduler
 from tests.support.files import make_file
