@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from filestore import __version__
+from filestore import __version__, audit_cli
 from filestore.api.app import create_app
 from filestore.auth import create_key
 from filestore.clock import SystemClock
@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("purge", help="run one purge pass and exit (for cron)")
     sub.add_parser("scheduler", help="run the purge scheduler without the HTTP API")
+
+    audit_cli.add_parser(sub)
 
     keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -189,6 +191,8 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "audit":
+            return audit_cli.run(args, Settings)
         settings = _settings(args)
         _setup_logging(settings.log_level)
         if args.command == "serve":

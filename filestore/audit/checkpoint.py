@@ -9,9 +9,9 @@ judge freshness) the log's head is signed as a note whose text is::
     chain-head <64 hex>                   hash of record ``size`` (zeros if 0)
     time 2026-11-29T03:04:05.123Z         when it was signed (ms, UTC)
 
-followed by a blank line and the signature line (see :mod:`.note`). The key
-name is conventionally the origin. A checkpoint commits to every record up to
-its size twice over: through the Merkle root and through the hash chain.
+followed by a blank line and the signature line (see :mod:`.note`). A
+checkpoint commits to every record up to its size twice over: through the
+Merkle root and through the hash chain.
 """
 
 from __future__ import annotations
