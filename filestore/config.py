@@ -124,6 +124,8 @@ class Settings:
     log_level: str = "INFO"
     #: A client that sends no body bytes for this long is cut off (408).
     read_timeout: float = 60.0
+    #: A download already streaming at expiry may go on this long, then is cut.
+    download_grace: float = 60.0
     #: Uploads still "uploading" after this long are abandoned (swept).
     upload_grace: float = 3600.0
     #: Bytes of plaintext per encryption batch (a multiple of 16 KiB).
@@ -225,6 +227,13 @@ class Settings:
                 "or a file could outlive the 24-hour promise "
                 f"(max_ttl={self.max_ttl:g}s, purge_interval={self.purge_interval:g}s)"
             )
+        if self.download_grace > self.purge_interval:
+            raise ConfigError(
+                "FILESTORE_DOWNLOAD_GRACE may be at most FILESTORE_PURGE_INTERVAL, so a "
+                "download in flight at expiry ends within the 24-hour bound"
+            )
+        if self.kek_rotation < 60:
+            raise ConfigError("FILESTORE_KEK_ROTATION must be at least 60 seconds")
         if not 0 < self.default_ttl <= self.max_ttl:
             raise ConfigError(
                 "FILESTORE_DEFAULT_TTL must be positive and at most FILESTORE_MAX_TTL"
@@ -256,5 +265,6 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "log_level": _parse_level,
     "read_timeout": parse_duration,
     "upload_grace": parse_duration,
+    "download_grace": parse_duration,
     "batch_size": parse_size,
 }

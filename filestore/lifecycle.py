@@ -101,9 +101,17 @@ class OpenFile:
     """
 
     def __init__(
-        self, info: FileInfo, blobs: BlobStore, decryptor: Decryptor, batch_chunks: int
+        self,
+        info: FileInfo,
+        blobs: BlobStore,
+        decryptor: Decryptor,
+        batch_chunks: int,
+        clock: Clock,
+        deadline: float,
     ) -> None:
         self.info = info
+        self._clock = clock
+        self._deadline = deadline
         self._blobs = blobs
         self._decryptor = decryptor
         self._batch_chunks = batch_chunks
@@ -117,8 +125,9 @@ class OpenFile:
 
         The next batch is read (and decrypted, ~0.2 ms per MiB, on the loop:
         a thread hop measured slower) while the caller sends the current one.
-        Raises IntegrityError mid-stream if a chunk fails; the caller must
-        then abort the connection rather than end the body cleanly. Close the
+        Raises IntegrityError mid-stream if a chunk fails, and Gone once the
+        file is past its expiry plus the download grace; the caller must then
+        abort the connection rather than end the body cleanly. Close the
         generator to stop early.
         """
         size = self.info.size
@@ -131,6 +140,9 @@ class OpenFile:
         remaining = end - start + 1
         try:
             async for plain in batches:
+                if self._clock.now() >= self._deadline:
+                    # Past expiry plus the download grace: no more bytes.
+                    raise Gone("the file expired during the download")
                 out, skip, remaining = _trim(plain, skip, remaining)
                 if out:
                     yield out
@@ -380,7 +392,14 @@ class Lifecycle:
         decryptor.decrypt_chunks(
             last, await _read_all(self.blobs.read(name, offset, length)), info.size
         )
-        return OpenFile(info, self.blobs, decryptor, self.settings.batch_size // CHUNK_SIZE)
+        return OpenFile(
+            info,
+            self.blobs,
+            decryptor,
+            self.settings.batch_size // CHUNK_SIZE,
+            self.clock,
+            record.expires_at + self.settings.download_grace,
+        )
 
     async def record_download(self, file_id: bytes) -> int:
         """Count one download atomically; Gone if the file expired or hit its

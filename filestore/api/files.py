@@ -18,7 +18,7 @@ from filestore.api.ranges import parse_range
 from filestore.api.uploads import open_body, parse_options
 from filestore.clock import rfc3339
 from filestore.config import parse_duration
-from filestore.errors import BadRequest, IntegrityError
+from filestore.errors import BadRequest, Gone, IntegrityError
 from filestore.lifecycle import FileInfo
 from filestore.metadata.base import DeleteReason, Role
 
@@ -133,8 +133,8 @@ async def download(request: web.Request) -> web.StreamResponse:
             await response.write(head_batch)
         async for batch in stream:
             await response.write(batch)
-    except IntegrityError:
-        log.error("file %s failed its integrity check mid-stream; aborting", info.id_text)
+    except (IntegrityError, Gone) as exc:
+        log.warning("aborting the download of %s mid-stream: %s", info.id_text, type(exc).__name__)
         if request.transport is not None:
             request.transport.abort()
         return response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
@@ -500,3 +501,23 @@ async def test_link_creation_needs_the_owner(gateway: Gateway) -> None:
         f"/v1/files/{meta['id']}/links", params={"ttl": "-5"}, headers=await gateway.auth()
     )
     await assert_problem(resp, 400, "bad-request")
+
+
+async def test_download_in_flight_is_cut_after_the_grace(gateway: Gateway) -> None:
+    # Big enough that socket buffers cannot hold what is left when it is cut.
+    data = os.urandom(24 * (1 << 20))
+    meta = await gateway.upload(data, params={"ttl": "60"})
+    gateway.clock.advance(59)
+    resp = await gateway.get(meta["id"])
+    assert resp.status == 200
+    first = await resp.content.readexactly(1 << 20)
+    assert first == data[: 1 << 20]
+    # Expiry passes while streaming: within the grace the stream goes on ...
+    gateway.clock.advance(gateway.settings.download_grace / 2)
+    await resp.content.readexactly(1 << 20)
+    # ... past expiry + grace it is cut, never ended cleanly.
+    gateway.clock.advance(gateway.settings.download_grace)
+    with pytest.raises((aiohttp.ClientPayloadError, asyncio.IncompleteReadError)):
+        await resp.content.readexactly(len(data) - (2 << 20))
+    # And no new read starts after expiry.
+    await assert_problem(await gateway.get(meta["id"]), 410, "gone")
