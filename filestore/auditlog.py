@@ -23,12 +23,12 @@ from filestore.audit import (
     AuditRecord,
     Checkpoint,
     ExportHeader,
+    Frontier,
     export_csv,
     export_lines,
     make_receipt,
     sign_checkpoint,
 )
-from filestore.audit.merkle import root
 from filestore.errors import BadRequest
 from filestore.metadata.base import MetadataStore
 
@@ -39,20 +39,30 @@ LINES_PER_WRITE = 500
 
 
 async def write_checkpoint(
-    metadata: MetadataStore, key: Ed25519PrivateKey, origin: str, now: float
+    metadata: MetadataStore,
+    key: Ed25519PrivateKey,
+    origin: str,
+    now: float,
+    frontier: Frontier | None = None,
 ) -> tuple[int, str]:
     """Sign the log as it stands and store the note; returns (size, note).
 
     Written after every purge pass, also one that deleted nothing, so a
-    verifier can tell a fresh log from a stale one.
+    verifier can tell a fresh log from a stale one. A long-lived caller
+    passes its own ``frontier`` (the Merkle tree's right edge), which is
+    extended by the new records only, so a checkpoint costs O(new records)
+    instead of reading the whole log.
     """
     head = await metadata.audit_head()
     size = 0 if head is None else head.seq
-    leaves = await metadata.audit_hashes(size)
+    if frontier is None or frontier.size > size:
+        frontier = Frontier()
+    for leaf in await metadata.audit_hashes(size, after=frontier.size):
+        frontier.append(leaf)
     checkpoint = Checkpoint(
         origin=origin,
         size=size,
-        root=root(leaves),
+        root=frontier.root(),
         chain_head=GENESIS_HASH if head is None else head.hash,
         time=now,
     )

@@ -126,6 +126,8 @@ class Settings:
     read_timeout: float = 60.0
     #: A download already streaming at expiry may go on this long, then is cut.
     download_grace: float = 60.0
+    #: How often storage is listed for blobs no row claims (orphans).
+    sweep_interval: float = 3600.0
     #: Uploads still "uploading" after this long are abandoned (swept).
     upload_grace: float = 3600.0
     #: Bytes of plaintext per encryption batch (a multiple of 16 KiB).
@@ -266,5 +268,6 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "read_timeout": parse_duration,
     "upload_grace": parse_duration,
     "download_grace": parse_duration,
+    "sweep_interval": parse_duration,
     "batch_size": parse_size,
 }

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from filestore.audit import Frontier
 from filestore.auditlog import write_checkpoint
 from filestore.errors import FilestoreError
 from filestore.services import Services
@@ -63,6 +64,8 @@ class PurgeScheduler:
         self.status = PurgeStatus(interval=services.settings.purge_interval)
         self._lock = asyncio.Lock()
         self._scheduler: AsyncIOScheduler | None = None
+        self._frontier = Frontier()
+        self._last_orphan_sweep: float | None = None
 
     async def run_pass(self) -> PassReport:
         """One full pass now (waits for a pass already running to end)."""
@@ -86,13 +89,24 @@ class PurgeScheduler:
         status = self.status
         try:
             swept = await sweep_stuck_uploads(svc.metadata, eraser, settings.upload_grace)
-            orphans = await sweep_orphan_blobs(
-                svc.metadata, svc.blobs, eraser, settings.upload_grace
-            )
-            status.orphans_total += swept.stuck_uploads + orphans.orphan_blobs
+            status.orphans_total += swept.stuck_uploads
+            now = svc.clock.now()
+            # Listing storage costs O(blobs): do it every sweep interval, not
+            # every pass, so a pass stays O(expired files).
+            last = self._last_orphan_sweep
+            if last is None or now - last >= settings.sweep_interval:
+                orphans = await sweep_orphan_blobs(
+                    svc.metadata, svc.blobs, eraser, settings.upload_grace
+                )
+                status.orphans_total += orphans.orphan_blobs
+                self._last_orphan_sweep = now
             await manage_keys(svc.keyring, svc.metadata, eraser, settings)
             size, _note = await write_checkpoint(
-                svc.metadata, svc.signing_key, settings.audit_origin, svc.clock.now()
+                svc.metadata,
+                svc.signing_key,
+                settings.audit_origin,
+                svc.clock.now(),
+                self._frontier,
             )
             status.last_checkpoint_size = size
             status.last_error = report.error

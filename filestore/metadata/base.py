@@ -210,8 +210,9 @@ class MetadataStore(Protocol):
         """Records with ``seq > after_seq`` in order, optionally only those
         recorded in ``[since, until)``."""
 
-    async def audit_hashes(self, size: int) -> list[bytes]:
-        """The raw hashes of records 1..size, the Merkle tree's leaves."""
+    async def audit_hashes(self, size: int, after: int = 0) -> list[bytes]:
+        """The raw hashes of records ``after+1 .. size``, the Merkle tree's
+        leaves (all of them with the default ``after``)."""
 
     async def audit_record_for(self, file_id: str) -> AuditRecord | None: ...
 

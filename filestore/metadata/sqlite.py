@@ -112,6 +112,8 @@ MIGRATIONS: tuple[str, ...] = (
         note        TEXT NOT NULL
     );
     CREATE INDEX audit_checkpoints_size ON audit_checkpoints (size);
+    -- The stuck-upload sweep visits only uploads, never the live files.
+    CREATE INDEX files_uploading ON files (created_at) WHERE state = 'uploading';
     """,
 )
 
@@ -460,8 +462,8 @@ class SQLiteMetadataStore:
     async def stuck_uploads(self, cutoff: float, limit: int) -> list[FileRecord]:
         def fn(conn: sqlite3.Connection) -> list[FileRecord]:
             rows = conn.execute(
-                f"SELECT {_FILE_COLUMNS} FROM files WHERE state = 'uploading' "
-                "AND created_at < ? LIMIT ?",
+                f"SELECT {_FILE_COLUMNS} FROM files INDEXED BY files_uploading "
+                "WHERE state = 'uploading' AND created_at < ? LIMIT ?",
                 (cutoff, limit),
             ).fetchall()
             return [_file_from_row(r) for r in rows]
@@ -520,10 +522,11 @@ class SQLiteMetadataStore:
 
         return await self._run(self._query(fn))
 
-    async def audit_hashes(self, size: int) -> list[bytes]:
+    async def audit_hashes(self, size: int, after: int = 0) -> list[bytes]:
         def fn(conn: sqlite3.Connection) -> list[bytes]:
             rows = conn.execute(
-                "SELECT hash FROM audit_log WHERE seq <= ? ORDER BY seq", (size,)
+                "SELECT hash FROM audit_log WHERE seq > ? AND seq <= ? ORDER BY seq",
+                (after, size),
             ).fetchall()
             return [bytes.fromhex(r[0]) for r in rows]
 

@@ -245,3 +245,28 @@ async def test_scheduler_runs_at_once_and_stops_cleanly(tmp_path: Path) -> None:
         assert not scheduler.status.running
         loaded = await svc.metadata.load(info.id)
         assert loaded is not None and loaded[0].state == FileState.PURGED
+
+
+async def test_checkpoints_from_one_long_lived_scheduler_verify(gateway: Gateway) -> None:
+    """The scheduler extends its cached Merkle frontier pass by pass; every
+    checkpoint it signs must match the log recomputed from scratch."""
+    from filestore.audit import verify_export
+    from filestore.auditlog import export
+
+    svc = gateway.services
+    scheduler = PurgeScheduler(svc)
+    for count in (3, 0, 1, 5, 2):
+        for _ in range(count):
+            await make_file(svc, ttl=10, size=10)
+        gateway.clock.advance(11)
+        await scheduler.run_pass()
+    lines = [
+        line
+        async for chunk in export(
+            svc.metadata, svc.signing_key, svc.settings.audit_origin, gateway.clock.now()
+        )
+        for line in chunk.splitlines()
+    ]
+    report = verify_export(lines, svc.signing_key.public_key(), now=gateway.clock.now())
+    assert report.records == 11
+    assert report.checkpoints >= 4
