@@ -119,8 +119,6 @@ class Settings:
     purge_batch_size: int = 500
     #: Checkpoint origin line: names this deployment's audit log.
     audit_origin: str = "filestore.audit/default"
-    #: An exported log whose last checkpoint is older than this fails verification.
-    audit_max_age: float = 7200.0
     log_level: str = "INFO"
     #: A client that sends no body bytes for this long is cut off (408).
     read_timeout: float = 60.0
@@ -263,7 +261,6 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "kek_grace": parse_duration,
     "purge_batch_size": lambda v: _positive(int(v)),
     "audit_origin": str,
-    "audit_max_age": parse_duration,
     "log_level": _parse_level,
     "read_timeout": parse_duration,
     "upload_grace": parse_duration,
