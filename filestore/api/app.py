@@ -8,6 +8,7 @@ from aiohttp import web
 
 from filestore.api import audit, files, health, ops
 from filestore.api.context import SCHEDULER, SERVICES
+from filestore.api.expect import expect_handler
 from filestore.api.middleware import errors_middleware
 from filestore.clock import Clock
 from filestore.config import Settings
@@ -41,8 +42,11 @@ def create_app(
                 yield
 
         app.cleanup_ctx.append(resources)
-    app.add_routes(files.routes)
-    app.add_routes(health.routes)
-    app.add_routes(ops.routes)
-    app.add_routes(audit.routes)
+    # Every route answers Expect itself (see filestore.api.expect).
+    app.add_routes(
+        web.RouteDef(r.method, r.path, r.handler, {**r.kwargs, "expect_handler": expect_handler})
+        for table in (files.routes, health.routes, ops.routes, audit.routes)
+        for r in table
+        if isinstance(r, web.RouteDef)
+    )
     return app

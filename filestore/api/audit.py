@@ -9,12 +9,14 @@ records but sibling hashes.
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from datetime import datetime
 
 from aiohttp import web
 
 from filestore import auditlog, ids
 from filestore.api.context import principal, services
+from filestore.api.streaming import send_stream
 from filestore.audit import verifier_key_string
 from filestore.crypto.signing import public_key_pem
 from filestore.errors import BadRequest, Conflict, NotFound
@@ -75,12 +77,12 @@ async def deletions(request: web.Request) -> web.StreamResponse:
             "Content-Disposition": f'attachment; filename="filestore-audit.{fmt}"',
         }
     )
-    await response.prepare(request)
-    await response.write(first.encode())
-    async for chunk in stream:
-        await response.write(chunk.encode())
-    await response.write_eof()
-    return response
+
+    async def encoded() -> AsyncGenerator[bytes, None]:
+        async for chunk in stream:
+            yield chunk.encode()
+
+    return await send_stream(request, response, first.encode(), encoded(), "an audit export")
 
 
 @routes.get("/v1/audit/checkpoint")

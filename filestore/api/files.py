@@ -15,10 +15,11 @@ from aiohttp import web
 from filestore import ids
 from filestore.api.context import principal, reader_tenant, services
 from filestore.api.ranges import parse_range
+from filestore.api.streaming import send_stream
 from filestore.api.uploads import open_body, parse_options
 from filestore.clock import rfc3339
 from filestore.config import parse_duration
-from filestore.errors import BadRequest, Gone, IntegrityError
+from filestore.errors import BadRequest
 from filestore.lifecycle import FileInfo
 from filestore.metadata.base import DeleteReason, Role
 
@@ -127,20 +128,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     # Decrypt the first batch before any header leaves, so a bad first chunk
     # is a clean error answer rather than a broken body.
     head_batch = await anext(stream, b"")
-    await response.prepare(request)
-    try:
-        if head_batch:
-            await response.write(head_batch)
-        async for batch in stream:
-            await response.write(batch)
-    except (IntegrityError, Gone) as exc:
-        log.warning("aborting the download of %s mid-stream: %s", info.id_text, type(exc).__name__)
-        if request.transport is not None:
-            request.transport.abort()
-        return response
-    finally:
-        await stream.aclose()
-    await response.write_eof()
+    await send_stream(request, response, head_batch, stream, f"the download of {info.id_text}")
     if downloads is not None and info.max_downloads is not None and downloads >= info.max_downloads:
         await svc.lifecycle.secure_delete(file_id, DeleteReason.MAX_DOWNLOADS)
     return response

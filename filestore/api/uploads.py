@@ -12,16 +12,27 @@ import asyncio
 import base64
 import binascii
 import re
-from collections.abc import AsyncIterator
+import warnings
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import aiohttp
 from aiohttp import BodyPartReader, web
-from aiohttp.multipart import content_disposition_filename, parse_content_disposition
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
+from aiohttp.multipart import (
+    BadContentDispositionHeader,
+    BadContentDispositionParam,
+    content_disposition_filename,
+    parse_content_disposition,
+)
+from aiohttp.web_protocol import RequestPayloadError
 
 from filestore.config import parse_duration
-from filestore.errors import BadRequest, ClientGone
+from filestore.errors import BadRequest, ClientGone, FilestoreError
 from filestore.lifecycle import UploadOptions
+
+T = TypeVar("T")
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _MIME_RE = re.compile(
@@ -30,6 +41,23 @@ _MIME_RE = re.compile(
 _HEX64_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 _DIGEST_RE = re.compile(r"(?:^|,)\s*sha-256=:([A-Za-z0-9+/=]+):", re.IGNORECASE)
 READ_SIZE = 256 * 1024
+
+
+def _strict_disposition(parse: Callable[[], T]) -> T:
+    """Run a Content-Disposition parse with aiohttp's "bad header" warnings
+    turned into a 400: the client tried to name the file and got the header
+    wrong, and silently dropping the name would store it nameless."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BadContentDispositionHeader)
+        warnings.simplefilter("error", BadContentDispositionParam)
+        try:
+            return parse()
+        except (BadContentDispositionHeader, BadContentDispositionParam) as exc:
+            raise BadRequest("the Content-Disposition header is malformed") from exc
+
+
+def _part_filename(part: BodyPartReader) -> str | None:
+    return _strict_disposition(lambda: part.filename)
 
 
 def validate_filename(name: str) -> str:
@@ -105,9 +133,12 @@ def parse_options(request: web.Request) -> UploadOptions:
             raise BadRequest("max_downloads must be a positive whole number")
         max_downloads = int(raw)
     filename = query.get("filename")
-    if filename is None and request.headers.get("Content-Disposition"):
-        _kind, params = parse_content_disposition(request.headers["Content-Disposition"])
-        filename = content_disposition_filename(params, "filename")
+    if filename is None and "Content-Disposition" in request.headers:
+        header = request.headers["Content-Disposition"]
+        _kind, params = _strict_disposition(lambda: parse_content_disposition(header))
+        if not _kind:
+            raise BadRequest("the Content-Disposition header is malformed")
+        filename = _strict_disposition(lambda: content_disposition_filename(params, "filename"))
     if filename is not None:
         validate_filename(filename)
     content_type = None
@@ -131,22 +162,41 @@ class Body:
     content_type: str | None = None
 
 
+def _body_error(exc: BaseException) -> FilestoreError:
+    """Translate a failure to read the body: a client that went away or
+    stalled (408) is kept apart from a body that cannot be decoded (400)."""
+    if isinstance(exc, TimeoutError):
+        return ClientGone("the client stopped sending the body")
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ContentEncodingError):
+            return BadRequest("the body's Content-Encoding could not be decoded")
+        cause = cause.__cause__
+    return ClientGone("the connection was lost before the body was complete")
+
+
+#: What reading a request body raises when the client or its bytes fail.
+_READ_ERRORS = (
+    TimeoutError,
+    ConnectionError,
+    aiohttp.ClientError,
+    HttpProcessingError,
+    RequestPayloadError,
+    aiohttp.EofStream,
+)
+
+
 async def _raw_chunks(request: web.Request, idle_timeout: float) -> AsyncIterator[bytes]:
-    expected = request.content_length
+    # With a Content-Encoding, Content-Length counts the encoded bytes and
+    # aiohttp checks it itself; the decoded size is another number.
+    expected = None if request.headers.get("Content-Encoding") else request.content_length
     received = 0
     while True:
         try:
             async with asyncio.timeout(idle_timeout):
                 data = await request.content.readany()
-        except TimeoutError as exc:
-            raise ClientGone("the client stopped sending the body") from exc
-        except (
-            ConnectionError,
-            aiohttp.ClientError,
-            aiohttp.http_exceptions.HttpProcessingError,
-            aiohttp.EofStream,
-        ) as exc:
-            raise ClientGone("the connection was lost before the body was complete") from exc
+        except _READ_ERRORS as exc:
+            raise _body_error(exc) from exc
         if not data:
             break
         received += len(data)
@@ -160,10 +210,8 @@ async def _part_chunks(part: BodyPartReader, idle_timeout: float) -> AsyncIterat
         try:
             async with asyncio.timeout(idle_timeout):
                 data = await part.read_chunk(READ_SIZE)
-        except TimeoutError as exc:
-            raise ClientGone("the client stopped sending the body") from exc
-        except (ConnectionError, aiohttp.ClientError, aiohttp.EofStream) as exc:
-            raise ClientGone("the connection was lost before the body was complete") from exc
+        except _READ_ERRORS as exc:
+            raise _body_error(exc) from exc
         except (ValueError, AssertionError, RuntimeError) as exc:
             raise BadRequest("the multipart body is malformed") from exc
         if not data:
@@ -182,14 +230,18 @@ async def open_body(request: web.Request, idle_timeout: float) -> Body:
                 part = await reader.next()
                 if part is None:
                     raise BadRequest("the form has no file part")
-                if isinstance(part, BodyPartReader) and part.filename is not None:
+                if isinstance(part, BodyPartReader) and _part_filename(part) is not None:
                     break
                 # A non-file field before the file: drain it, bounded.
                 await part.release()
     except TimeoutError as exc:
         raise ClientGone("the client stopped sending the body") from exc
+    except (BadContentDispositionHeader, BadContentDispositionParam) as exc:
+        # Raised only where warnings are errors; elsewhere aiohttp just warns
+        # and _part_filename() refuses the header instead.
+        raise BadRequest("a part's Content-Disposition header is malformed") from exc
     except (ValueError, AssertionError, RuntimeError, KeyError) as exc:
         raise BadRequest("the multipart body is malformed") from exc
-    filename = validate_filename(part.filename)
+    filename = validate_filename(_part_filename(part) or "")
     content_type = _content_type(part.headers.get("Content-Type"))
     return Body(_part_chunks(part, idle_timeout), filename=filename, content_type=content_type)

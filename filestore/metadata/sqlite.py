@@ -185,6 +185,7 @@ class SQLiteMetadataStore:
         self._busy_timeout = busy_timeout
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="filestore-sqlite")
         self._conn: sqlite3.Connection | None = None
+        self._closed = False
 
     @classmethod
     async def open(cls, path: Path) -> SQLiteMetadataStore:
@@ -197,7 +198,11 @@ class SQLiteMetadataStore:
     async def _run(self, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, fn)
+            pending = loop.run_in_executor(self._executor, fn)
+        except RuntimeError as exc:  # the executor is shut down: the store is closed
+            raise MetadataUnavailable("the metadata store is closed") from exc
+        try:
+            return await pending
         except sqlite3.OperationalError as exc:
             # "database is locked", "disk I/O error", "unable to open": all
             # transient from a caller's view. The text stays out of the message.
@@ -655,6 +660,11 @@ class SQLiteMetadataStore:
         await self._run(self._query(lambda conn: conn.execute("SELECT 1").fetchone()))
 
     async def close(self) -> None:
+        """Close the connection and stop the thread; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+
         def fn() -> None:
             if self._conn is not None:
                 self._conn.close()

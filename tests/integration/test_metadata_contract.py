@@ -224,9 +224,9 @@ async def test_audit_chain_and_checkpoints(store: MetadataStore) -> None:
     assert [r.seq for r in await store.audit_range(1, 10)] == [2, 3, 4]
     assert await store.audit_hashes(2) == [bytes.fromhex(r.hash) for r in records[:2]]
     by_file = {r.file_id: r for r in records}
-    assert await store.audit_record_for(ids.to_text(files[1].id)) == by_file[
-        ids.to_text(files[1].id)
-    ]
+    assert (
+        await store.audit_record_for(ids.to_text(files[1].id)) == by_file[ids.to_text(files[1].id)]
+    )
     assert await store.audit_record_for_kek(1) == kek
     assert await store.audit_seq_range(None, None, 3) == (1, 3)
     assert await store.audit_seq_range(NOW + 100, None, 4) is None

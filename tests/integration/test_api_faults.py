@@ -1,0 +1,513 @@
+"""Faults on the way in and out: slow and vanishing clients, storage and
+database outages, oversize bodies (DESIGN.md "Bad input and faults").
+
+Everything runs against a real gateway on a loopback port. Clients that
+misbehave at the TCP level speak raw HTTP/1.1 over ``asyncio.open_connection``.
+Storage faults are injected where the local store meets the kernel: the
+``os`` module seen by :mod:`filestore.storage.local` is swapped for a proxy
+that raises ``OSError`` for chosen calls (:class:`FaultyOS`); the rest of the
+store is the real one. Every wait is bounded; no test sleeps for time to pass,
+and the network timeout is exercised with a tiny ``read_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import io
+import json
+import os
+import sqlite3
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+import filestore.storage.local as local_storage
+from filestore import ids
+from filestore.crypto import CHUNK_SIZE, ENC_CHUNK_SIZE, PREFIX_SIZE, chunk_span
+from tests.support.gateway import Gateway, running_gateway
+
+PROBLEM = "application/problem+json"
+#: Upper bound for any single wait on the server; far above what a healthy
+#: run needs, so reaching it means a hang, not a slow machine.
+WAIT = 10.0
+
+
+# ------------------------------------------------------------------ helpers
+def check_problem(
+    status: int, headers: Any, body: bytes, expected: int, slug: str
+) -> dict[str, Any]:
+    """The answer is an RFC 9457 problem of ``expected`` status and ``slug``."""
+    assert status == expected, (status, body[:500])
+    assert headers.get("Content-Type", "").split(";")[0].strip() == PROBLEM, headers
+    doc = json.loads(body)
+    assert doc["type"] == f"urn:filestore:problem:{slug}", doc
+    assert doc["status"] == expected, doc
+    assert isinstance(doc["title"], str) and doc["title"], doc
+    return doc  # type: ignore[no-any-return]
+
+
+async def assert_problem(resp: aiohttp.ClientResponse, status: int, slug: str) -> dict[str, Any]:
+    return check_problem(resp.status, resp.headers, await resp.read(), status, slug)
+
+
+def assert_retry_after(headers: Any) -> None:
+    value = headers.get("Retry-After")
+    assert value is not None and value.isdigit() and int(value) > 0, dict(headers)
+
+
+def db_state(gw: Gateway) -> dict[str, Any]:
+    """Rows of ``files`` (hex id → state) and the number of ``file_keys``."""
+    with contextlib.closing(sqlite3.connect(gw.settings.database_path)) as conn:
+        rows = dict(conn.execute("SELECT lower(hex(id)), state FROM files").fetchall())
+        keys = conn.execute("SELECT count(*) FROM file_keys").fetchone()[0]
+    return {"files": rows, "file_keys": keys}
+
+
+def stored_files(gw: Gateway) -> list[str]:
+    """Every regular file under the storage root (``blobs/`` and ``tmp/``)."""
+    root = gw.settings.storage_dir
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def leftovers(gw: Gateway) -> dict[str, Any]:
+    return {"stored": stored_files(gw), **db_state(gw)}
+
+
+NOTHING = {"stored": [], "files": {}, "file_keys": 0}
+
+
+async def eventually(
+    predicate: Callable[[], bool], what: str, *, limit: float = 5.0, step: float = 0.02
+) -> None:
+    """Poll ``predicate`` until it holds, for at most ``limit`` seconds."""
+    for _ in range(int(limit / step)):
+        if predicate():
+            return
+        await asyncio.sleep(step)
+    assert predicate(), f"still not true after {limit} s: {what}"
+
+
+def text_id(hex_id: str) -> str:
+    return ids.to_text(bytes.fromhex(hex_id))
+
+
+def blob_path(gw: Gateway, file_id: str) -> Path:
+    name = ids.blob_name(ids.from_text(file_id))
+    path = gw.settings.storage_dir / "blobs" / name[:2] / name[2:4] / name
+    assert path.is_file(), stored_files(gw)
+    return path
+
+
+class FaultyOS:
+    """Stands in for the ``os`` module inside ``filestore.storage.local``.
+
+    Every attribute is the real ``os`` one, except calls named in
+    :meth:`fail`: those raise ``OSError(code)`` whenever ``when(*args)`` is
+    true. ``fired`` counts the faults raised, so a test can tell that its
+    fault really happened.
+    """
+
+    def __init__(self) -> None:
+        self.faults: dict[str, tuple[int, Callable[..., bool]]] = {}
+        self.fired: Counter[str] = Counter()
+
+    def fail(self, name: str, code: int, when: Callable[..., bool] = lambda *a: True) -> None:
+        self.faults[name] = (code, when)
+
+    def heal(self) -> None:
+        self.faults.clear()
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(os, name)
+        if name not in self.faults:
+            return real
+        code, when = self.faults[name]
+
+        def faulty(*args: Any, **kwargs: Any) -> Any:
+            if when(*args):
+                self.fired[name] += 1
+                raise OSError(code, os.strerror(code))
+            return real(*args, **kwargs)
+
+        return faulty
+
+
+@pytest.fixture
+def faulty_os(monkeypatch: pytest.MonkeyPatch) -> FaultyOS:
+    fake = FaultyOS()
+    monkeypatch.setattr(local_storage, "os", fake)
+    return fake
+
+
+# ------------------------------------------------------------- raw HTTP/1.1
+class RawHeaders(dict[str, str]):
+    """A raw response's headers, looked up case-insensitively."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return super().get(key.lower(), default)
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: RawHeaders
+    body: bytes
+
+
+@contextlib.asynccontextmanager
+async def raw_connection(
+    gw: Gateway,
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    server = gw.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        yield reader, writer
+    finally:
+        if not writer.is_closing():
+            writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def read_response(reader: asyncio.StreamReader) -> RawResponse:
+    """One HTTP/1.1 response, read within :data:`WAIT` seconds."""
+    async with asyncio.timeout(WAIT):
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        status_line, *lines = head.split("\r\n")
+        headers = RawHeaders()
+        for line in lines:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        if "content-length" in headers:
+            body = await reader.readexactly(int(headers["content-length"]))
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            body = b""
+            while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+                body += await reader.readexactly(size)
+                await reader.readexactly(2)
+            await reader.readuntil(b"\r\n")
+        else:
+            body = await reader.read()
+    return RawResponse(int(status_line.split()[1]), headers, body)
+
+
+def upload_head(key: str, *, content_type: str, length: int | None) -> bytes:
+    """Request line and headers of a POST /v1/files; chunked if no length."""
+    lines = [
+        "POST /v1/files HTTP/1.1",
+        "Host: filestore.test",
+        f"Authorization: Bearer {key}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+BOUNDARY = "fault-boundary-7d1c"
+
+
+def partial_upload(kind: str, key: str, declared: int, sent: int) -> bytes:
+    """Headers promising ``declared`` body bytes, then only ``sent`` bytes of
+    the file (raw, or inside the file part of a form)."""
+    data = os.urandom(sent)
+    if kind == "raw":
+        return upload_head(key, content_type="application/octet-stream", length=declared) + data
+    part = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    form_type = f"multipart/form-data; boundary={BOUNDARY}"
+    return upload_head(key, content_type=form_type, length=declared) + part + data
+
+
+def upload_in_progress(gw: Gateway) -> bool:
+    """A row is ``uploading`` and its part file exists: the server is reading
+    the body."""
+    tmp = gw.settings.storage_dir / "tmp"
+    return "uploading" in db_state(gw)["files"].values() and any(tmp.glob("*.part"))
+
+
+# ---------------------------------------------------------- slow clients
+@pytest.mark.parametrize(("kind", "sent"), [("raw", 30_000), ("raw", 0), ("multipart", 30_000)])
+async def test_stalled_client_gets_408_and_leaves_nothing(
+    tmp_path: Path, kind: str, sent: int
+) -> None:
+    async with running_gateway(tmp_path, read_timeout=0.3) as gw:
+        key = await gw.key()
+        async with raw_connection(gw) as (reader, writer):
+            writer.write(partial_upload(kind, key, declared=100_000, sent=sent))
+            await writer.drain()
+            # ... and nothing more: the server must give up on its own.
+            resp = await read_response(reader)
+        check_problem(resp.status, resp.headers, resp.body, 408, "request-timeout")
+        # The 408 leaves only after the failed upload was cleaned up.
+        assert leftovers(gw) == NOTHING
+        assert (await gw.upload(b"after the stall"))["size"] == 15
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+@pytest.mark.parametrize("kind", ["raw", "multipart"])
+async def test_client_disconnect_mid_upload_leaves_nothing(
+    tmp_path: Path, kind: str, how: str
+) -> None:
+    async with running_gateway(tmp_path) as gw:
+        key = await gw.key()
+        async with raw_connection(gw) as (_reader, writer):
+            writer.write(partial_upload(kind, key, declared=5_000_000, sent=200_000))
+            await writer.drain()
+            # Go away only once the server is busy with the body, or the test
+            # could pass before the upload even began.
+            await eventually(lambda: upload_in_progress(gw), "the upload to start")
+            if how == "reset":
+                writer.transport.abort()
+            else:
+                writer.close()
+        await eventually(lambda: leftovers(gw) == NOTHING, "the upload to be cleaned up")
+        assert (await gw.upload(b"after the disconnect"))["size"] == 20
+
+
+# ------------------------------------------------------------ oversize bodies
+async def test_oversize_chunked_body_is_cut_with_413(tmp_path: Path) -> None:
+    limit = 100_000
+    async with running_gateway(tmp_path, max_file_size=limit) as gw:
+
+        async def body() -> AsyncIterator[bytes]:
+            for _ in range(200):  # 20 times the limit, with no Content-Length
+                yield os.urandom(10_000)
+
+        resp = await gw.client.post("/v1/files", data=body(), headers=await gw.auth())
+        assert resp.request_info.headers.get("Transfer-Encoding") == "chunked"
+        doc = await assert_problem(resp, 413, "too-large")
+        assert str(limit) in doc.get("detail", "")
+        assert leftovers(gw) == NOTHING
+        # Exactly the limit is still accepted.
+        assert (await gw.upload(os.urandom(limit)))["size"] == limit
+
+
+async def test_content_length_over_the_limit_is_413(tmp_path: Path) -> None:
+    limit = 64 * 1024
+    declared = 4 * limit
+    async with running_gateway(tmp_path, max_file_size=limit) as gw:
+        key = await gw.key()
+        async with raw_connection(gw) as (reader, writer):
+            writer.write(upload_head(key, content_type="application/octet-stream", length=declared))
+
+            async def send_body() -> None:
+                # The whole declared body, piece by piece, until the server
+                # answers: this passes whether the server refuses on the
+                # header alone or cuts the stream at the limit.
+                for _ in range(declared // 8192):
+                    writer.write(os.urandom(8192))
+                    await writer.drain()
+
+            sender = asyncio.create_task(send_body())
+            try:
+                resp = await read_response(reader)
+            finally:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                    await sender
+        check_problem(resp.status, resp.headers, resp.body, 413, "too-large")
+        assert leftovers(gw) == NOTHING
+
+
+# ------------------------------------------------------ storage: uploads
+@pytest.mark.parametrize(
+    ("call", "code"),
+    [("write", errno.ENOSPC), ("fsync", errno.EIO)],
+    ids=["write-ENOSPC", "fsync-EIO"],
+)
+async def test_storage_failure_during_upload_is_503_and_leaves_nothing(
+    tmp_path: Path, faulty_os: FaultyOS, call: str, code: int
+) -> None:
+    async with running_gateway(tmp_path) as gw:
+        auth = await gw.auth()
+        faulty_os.fail(call, code)
+        resp = await gw.client.post("/v1/files", data=io.BytesIO(os.urandom(3 << 20)), headers=auth)
+        await assert_problem(resp, 503, "unavailable")
+        assert_retry_after(resp.headers)
+        assert faulty_os.fired[call] > 0
+        faulty_os.heal()
+        # The store could still remove what it wrote, so nothing is left.
+        assert leftovers(gw) == NOTHING
+        assert (await gw.upload(b"after the outage"))["size"] == 16
+
+
+async def test_unusable_tmp_dir_is_503_and_nothing_readable(tmp_path: Path) -> None:
+    async with running_gateway(tmp_path) as gw:
+        auth = await gw.auth()
+        tmp = gw.settings.storage_dir / "tmp"
+        tmp.rmdir()
+        tmp.write_bytes(b"not a directory")  # the medium is broken
+        resp = await gw.client.post("/v1/files", data=os.urandom(50_000), headers=auth)
+        await assert_problem(resp, 503, "unavailable")
+        assert_retry_after(resp.headers)
+        ready = await gw.client.get("/readyz")
+        assert ready.status == 503
+        assert (await ready.json())["checks"]["storage"] == "failing"
+        # Cleanup cannot reach storage either; any row left must be a
+        # never-readable 'uploading' one (for the sweep), never 'active'.
+        state = db_state(gw)
+        assert set(state["files"].values()) <= {"uploading"}, state
+        for hex_id in state["files"]:
+            await assert_problem(await gw.get(text_id(hex_id)), 404, "not-found")
+        tmp.unlink()
+        tmp.mkdir(mode=0o700)
+        assert stored_files(gw) == []
+        assert (await gw.client.get("/readyz")).status == 200
+
+
+# ------------------------------------------------------ storage: downloads
+@pytest.mark.parametrize("fault", ["blob-removed", "blobs-dir-replaced"])
+async def test_storage_outage_during_download_is_503(tmp_path: Path, fault: str) -> None:
+    """The row says the file is active and its key is there, but storage
+    cannot produce the blob. That is not the client's mistake (a 404 would
+    claim the file does not exist, which the metadata contradicts) and not
+    tampering (500 ``integrity`` is for bytes that fail authentication): the
+    store is failing, so StorageUnavailable → 503 with Retry-After, and the
+    same request succeeds once storage is back. A download limit is not spent
+    on the failed attempt."""
+    async with running_gateway(tmp_path) as gw:
+        data = os.urandom(70_000)
+        meta = await gw.upload(data, params={"max_downloads": "1"})
+        blob = blob_path(gw, meta["id"])
+        blobs = gw.settings.storage_dir / "blobs"
+        aside = tmp_path / "aside"
+        if fault == "blob-removed":
+            blob.rename(aside)
+        else:
+            blobs.rename(aside)
+            blobs.write_bytes(b"not a directory")
+        resp = await gw.get(meta["id"])
+        await assert_problem(resp, 503, "unavailable")
+        assert_retry_after(resp.headers)
+        if fault == "blob-removed":
+            aside.rename(blob)
+        else:
+            blobs.unlink()
+            aside.rename(blobs)
+        again = await gw.get(meta["id"])
+        assert again.status == 200
+        assert await again.read() == data
+        await assert_problem(await gw.get(meta["id"]), 410, "gone")
+
+
+async def test_storage_failure_mid_download_aborts_the_body(
+    tmp_path: Path, faulty_os: FaultyOS
+) -> None:
+    """Once 200 and its headers are out, a read error can no longer become an
+    error answer: the connection must be cut so the client sees a broken
+    body, never a body that ends cleanly with bytes missing or foreign."""
+    async with running_gateway(tmp_path) as gw:
+        size = 3 * (1 << 20) + 5
+        data = os.urandom(size)
+        meta = await gw.upload(data)
+        batch_chunks = gw.settings.batch_size // CHUNK_SIZE
+        first_batch_end = PREFIX_SIZE + batch_chunks * ENC_CHUNK_SIZE
+        last_chunk_at, _ = chunk_span(size, size // CHUNK_SIZE, size // CHUNK_SIZE)
+        assert first_batch_end < last_chunk_at
+        # Reads of the prefix, the final chunk (both checked before headers)
+        # and the first batch work; every read after the first batch fails.
+        faulty_os.fail(
+            "pread", errno.EIO, lambda _fd, _n, offset: first_batch_end <= offset < last_chunk_at
+        )
+        resp = await gw.get(meta["id"])
+        assert resp.status == 200
+        got = bytearray()
+        outcome = "ended cleanly"
+        try:
+            # A healthy server cuts the connection at once; 3 s means a hang.
+            async with asyncio.timeout(3):
+                async for piece in resp.content.iter_any():
+                    got += piece
+        except aiohttp.ClientPayloadError:
+            outcome = "was aborted"
+        except TimeoutError:
+            outcome = "hung"
+        assert faulty_os.fired["pread"] > 0
+        assert bytes(got) == data[: len(got)], (
+            f"the body holds bytes that are not the file's: {bytes(got[len(got) - 200 :])!r}"
+        )
+        assert outcome == "was aborted", f"the body {outcome} after {len(got)} of {size} bytes"
+
+
+# ------------------------------------------------------ storage: deletion
+async def test_delete_with_failing_blob_removal_erases_then_resumes(
+    tmp_path: Path, faulty_os: FaultyOS
+) -> None:
+    async with running_gateway(tmp_path) as gw:
+        auth = await gw.auth()
+        meta = await gw.upload(os.urandom(40_000))
+        url = f"/v1/files/{meta['id']}"
+        blob = blob_path(gw, meta["id"])
+        faulty_os.fail("unlink", errno.EIO, lambda path, *_: Path(path) == blob)
+
+        first = await gw.client.delete(url, headers=auth)
+        await assert_problem(first, 503, "unavailable")
+        assert_retry_after(first.headers)
+        assert faulty_os.fired["unlink"] > 0
+        assert blob.exists()  # the fault held: the ciphertext is still there,
+        state = db_state(gw)
+        assert state["file_keys"] == 0  # but its key is gone (crypto-erased)
+        assert list(state["files"].values()) == ["purging"]
+        await assert_problem(await gw.get(meta["id"]), 410, "gone")
+        assert (await gw.client.head(url, headers=auth)).status == 410
+
+        faulty_os.heal()
+        # The lease is still this instance's, so a second DELETE resumes it.
+        second = await gw.client.delete(url, headers=auth)
+        assert second.status == 204, await second.text()
+        assert not blob.exists()
+        assert stored_files(gw) == []
+        with contextlib.closing(sqlite3.connect(gw.settings.database_path)) as conn:
+            row = conn.execute("SELECT state, delete_reason, sealed FROM files").fetchall()
+            records = conn.execute(
+                "SELECT count(*) FROM audit_log WHERE file_id = ? AND event = 'file_deleted'",
+                (meta["id"],),
+            ).fetchone()[0]
+        assert row == [("purged", "client_request", None)]
+        assert records == 1
+        await assert_problem(await gw.client.delete(url, headers=auth), 410, "gone")
+        await assert_problem(await gw.get(meta["id"]), 410, "gone")
+
+
+# ------------------------------------------------------------------ database
+async def test_database_outage_is_503_not_500(tmp_path: Path) -> None:
+    async with running_gateway(tmp_path) as gw:
+        auth = await gw.auth()
+        meta = await gw.upload(b"kept")
+        url = f"/v1/files/{meta['id']}"
+        await gw.services.metadata.close()  # the database is gone
+
+        requests = {
+            "upload": ("POST", "/v1/files", b"new"),
+            "download": ("GET", url, None),
+            "head": ("HEAD", url, None),
+            "delete": ("DELETE", url, None),
+            "link": ("POST", f"{url}/links", None),
+        }
+        answers: dict[str, tuple[int, dict[str, str], bytes]] = {}
+        for name, (method, path, data) in requests.items():
+            resp = await gw.client.request(method, path, data=data, headers=auth)
+            answers[name] = (resp.status, dict(resp.headers), await resp.read())
+        summary = {k: (v[0], v[1].get("Retry-After")) for k, v in answers.items()}
+        assert all(s == 503 and (r or "").isdigit() for s, r in summary.values()), summary
+        for name, (_status, headers, body) in answers.items():
+            assert headers["Content-Type"].startswith(PROBLEM), (name, headers)
+            if name != "head":  # a HEAD answer has no body
+                check_problem(503, headers, body, 503, "unavailable")
+
+        ready = await gw.client.get("/readyz")
+        assert ready.status == 503, await ready.text()
+        assert (await ready.json())["checks"] == {"database": "failing", "storage": "ok"}
+        assert_retry_after(ready.headers)
+        # Liveness is not readiness: the process still serves.
+        assert (await gw.client.get("/healthz")).status == 200
