@@ -521,3 +521,35 @@ async def test_download_in_flight_is_cut_after_the_grace(gateway: Gateway) -> No
         await resp.content.readexactly(len(data) - (2 << 20))
     # And no new read starts after expiry.
     await assert_problem(await gateway.get(meta["id"]), 410, "gone")
+
+
+async def _head_exchange(gateway: Gateway, raw: bytes) -> bytes:
+    server = gateway.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        async with asyncio.timeout(5):
+            return await reader.readuntil(b"\r\n\r\n")
+    finally:
+        writer.close()
+
+
+async def test_expect_continue_refuses_before_the_body(gateway: Gateway) -> None:
+    """With Expect: 100-continue a doomed upload is refused before a single
+    body byte is sent: a bad key (401) or a declared size over the limit (413)."""
+    key = await gateway.key()
+
+    def request(auth: str, length: int) -> bytes:
+        return (
+            f"POST /v1/files HTTP/1.1\r\nHost: t\r\nAuthorization: {auth}\r\n"
+            f"Content-Length: {length}\r\nExpect: 100-continue\r\n\r\n"
+        ).encode()
+
+    head = await _head_exchange(gateway, request("Bearer nope", 10))
+    assert head.startswith(b"HTTP/1.1 401") and b"application/problem+json" in head
+    too_big = gateway.settings.max_file_size + 1
+    head = await _head_exchange(gateway, request(f"Bearer {key}", too_big))
+    assert head.startswith(b"HTTP/1.1 413")
+    head = await _head_exchange(gateway, request(f"Bearer {key}", 10))
+    assert head.startswith(b"HTTP/1.1 100 Continue")
