@@ -14,6 +14,8 @@ from aiohttp import web
 from filestore.api.context import services
 from filestore.api.openapi import openapi_document
 from filestore.errors import FilestoreError
+from filestore.services import Services
+from filestore.storage.base import ListableBlobStore
 
 routes = web.RouteTableDef()
 CHECK_TIMEOUT = 5.0
@@ -24,9 +26,8 @@ async def healthz(_request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"}, headers={"Cache-Control": "no-store"})
 
 
-@routes.get("/readyz")
-async def readyz(request: web.Request) -> web.Response:
-    svc = services(request)
+async def check_dependencies(svc: Services) -> dict[str, str]:
+    """``ok`` or ``failing`` for the database and storage, each bounded in time."""
     results: dict[str, str] = {}
     for name, check in (("database", svc.metadata.check), ("storage", svc.blobs.check)):
         try:
@@ -35,12 +36,21 @@ async def readyz(request: web.Request) -> web.Response:
             results[name] = "ok"
         except (FilestoreError, TimeoutError):
             results[name] = "failing"
+    return results
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    svc = services(request)
+    results = await check_dependencies(svc)
     ready = all(v == "ok" for v in results.values())
     return web.json_response(
         {
             "status": "ready" if ready else "unavailable",
             "checks": results,
             "storage_backend": svc.blobs.name,
+            # Optional abilities of the backend (the orphan sweep needs listing).
+            "abilities": {"list_blobs": isinstance(svc.blobs, ListableBlobStore)},
         },
         status=200 if ready else 503,
         headers={"Cache-Control": "no-store", **({} if ready else {"Retry-After": "5"})},

@@ -7,12 +7,12 @@ scheduler (its passes, totals, the 24-hour overdue maximum).
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from aiohttp import web
 
 from filestore.api.context import SCHEDULER, principal, services
+from filestore.api.health import check_dependencies
 from filestore.clock import rfc3339
 from filestore.errors import FilestoreError
 from filestore.metadata.base import PurgeStats, Role
@@ -39,19 +39,6 @@ def _report(report: PassReport | None) -> dict[str, Any] | None:
         "max_overdue_seconds": round(report.max_overdue, 3),
         "error": report.error,
     }
-
-
-async def _health(request: web.Request) -> dict[str, str]:
-    svc = services(request)
-    out: dict[str, str] = {}
-    for name, check in (("database", svc.metadata.check), ("storage", svc.blobs.check)):
-        try:
-            async with asyncio.timeout(5):
-                await check()
-            out[name] = "ok"
-        except (FilestoreError, TimeoutError):
-            out[name] = "failing"
-    return out
 
 
 async def _stats(request: web.Request) -> PurgeStats | None:
@@ -94,7 +81,7 @@ async def purge_status(request: web.Request) -> web.Response:
         if stats is None or stats.oldest_live_created is None
         else round(now - stats.oldest_live_created, 3),
         "last_checkpoint_size": status.last_checkpoint_size,
-        "health": await _health(request),
+        "health": await check_dependencies(services(request)),
     }
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
@@ -122,7 +109,7 @@ async def metrics(request: web.Request) -> web.Response:
     status = request.app[SCHEDULER].status
     now = svc.clock.now()
     stats = await _stats(request)
-    health = await _health(request)
+    health = await check_dependencies(services(request))
     lines: list[str] = []
     up = [("", 1.0 if stats is not None else 0.0)]
     _metric(lines, "filestore_database_up", "gauge", "Whether the database answered.", up)
