@@ -14,7 +14,6 @@ import asyncio
 import json
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 from filestore import auditlog
@@ -25,7 +24,7 @@ from filestore.audit import (
     verify_export,
     verify_receipt,
 )
-from filestore.clock import SystemClock, rfc3339
+from filestore.clock import SystemClock, parse_time, rfc3339
 from filestore.config import Settings
 from filestore.crypto.signing import public_key_pem
 from filestore.errors import ConfigError
@@ -68,13 +67,11 @@ def _time(value: str | None) -> float | None:
     if value is None:
         return None
     try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        return parse_time(value)
     except ValueError as exc:
-        raise ConfigError(f"{value!r} is not an RFC 3339 time or Unix seconds") from exc
+        raise ConfigError(
+            f"{value!r} is not an RFC 3339 time with a zone, or Unix seconds"
+        ) from exc
 
 
 def _read(path: str) -> str:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from filestore import __version__, audit_cli
+from filestore.api.access_log import AccessLogger
 from filestore.api.app import create_app
 from filestore.auth import create_key
 from filestore.clock import SystemClock
@@ -101,6 +102,7 @@ async def _serve(settings: Settings) -> None:
         runner = web.AppRunner(
             app,
             access_log=logging.getLogger("filestore.access"),
+            access_log_class=AccessLogger,
             # A deeper request buffer: fewer pause/resume cycles of the socket
             # while a large upload streams in (bounded per connection).
             read_bufsize=READ_BUFSIZE,

@@ -7,6 +7,7 @@ sleeping and the server reads the real clock at each request.
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime
 from typing import Protocol
@@ -46,3 +47,19 @@ def rfc3339(ts: float) -> str:
     return (
         datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     )
+
+
+def parse_time(text: str) -> float:
+    """Unix seconds from an RFC 3339 time with a zone (``2026-11-29T00:00:00Z``)
+    or a plain number of seconds. ValueError for anything else, including
+    times without a zone and non-finite or absurd values."""
+    try:
+        value = float(text)
+    except ValueError:
+        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        if parsed.tzinfo is None:
+            raise ValueError("a time needs a zone, e.g. Z") from None
+        value = parsed.timestamp()
+    if not math.isfinite(value) or not 0 <= value < 1e11:
+        raise ValueError("the time is out of range")
+    return value

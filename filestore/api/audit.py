@@ -10,7 +10,6 @@ records but sibling hashes.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from datetime import datetime
 
 from aiohttp import web
 
@@ -18,6 +17,7 @@ from filestore import auditlog, ids
 from filestore.api.context import principal, services
 from filestore.api.streaming import send_stream
 from filestore.audit import verifier_key_string
+from filestore.clock import parse_time
 from filestore.crypto.signing import public_key_pem
 from filestore.errors import BadRequest, Conflict, NotFound
 from filestore.metadata.base import FileState, Role
@@ -29,16 +29,9 @@ def _time(name: str, value: str | None) -> float | None:
     if value is None or value == "":
         return None
     try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parse_time(value)
     except ValueError as exc:
-        raise BadRequest(f"{name} must be an RFC 3339 time or Unix seconds") from exc
-    if parsed.tzinfo is None:
-        raise BadRequest(f"{name} must carry a time zone (e.g. Z)")
-    return parsed.timestamp()
+        raise BadRequest(f"{name} must be an RFC 3339 time with a zone, or Unix seconds") from exc
 
 
 @routes.get("/v1/audit/deletions")
@@ -53,7 +46,8 @@ async def deletions(request: web.Request) -> web.StreamResponse:
     since, until = _time("since", query.get("since")), _time("until", query.get("until"))
     consistency_from = None
     if "consistency_from" in query:
-        if not query["consistency_from"].isdigit():
+        raw = query["consistency_from"]
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
             raise BadRequest("consistency_from must be a tree size (a whole number)")
         consistency_from = int(query["consistency_from"])
     stream = auditlog.export(
@@ -82,7 +76,14 @@ async def deletions(request: web.Request) -> web.StreamResponse:
         async for chunk in stream:
             yield chunk.encode()
 
-    return await send_stream(request, response, first.encode(), encoded(), "an audit export")
+    return await send_stream(
+        request,
+        response,
+        first.encode(),
+        encoded(),
+        "an audit export",
+        idle_timeout=svc.settings.read_timeout,
+    )
 
 
 @routes.get("/v1/audit/checkpoint")

@@ -128,7 +128,16 @@ async def download(request: web.Request) -> web.StreamResponse:
     # Decrypt the first batch before any header leaves, so a bad first chunk
     # is a clean error answer rather than a broken body.
     head_batch = await anext(stream, b"")
-    await send_stream(request, response, head_batch, stream, f"the download of {info.id_text}")
+    deadline = info.expires_at + svc.settings.download_grace - svc.clock.now()
+    await send_stream(
+        request,
+        response,
+        head_batch,
+        stream,
+        f"the download of {info.id_text}",
+        idle_timeout=svc.settings.read_timeout,
+        deadline=deadline,
+    )
     if downloads is not None and info.max_downloads is not None and downloads >= info.max_downloads:
         await svc.lifecycle.secure_delete(file_id, DeleteReason.MAX_DOWNLOADS)
     return response

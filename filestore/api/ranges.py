@@ -11,7 +11,9 @@ import re
 
 from filestore.errors import RangeNotSatisfiable
 
-_RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+# ASCII digits only, at most 19 of them: beyond any file size, and Python's
+# int() refuses very long digit strings.
+_RANGE_RE = re.compile(r"^\s*bytes\s*=\s*([0-9]{0,19})\s*-\s*([0-9]{0,19})\s*$", re.IGNORECASE)
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:

@@ -9,6 +9,7 @@ truncated success.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator
 
@@ -23,16 +24,28 @@ async def send_stream(
     first: bytes | bytearray,
     rest: AsyncGenerator[bytes | bytearray, None],
     what: str,
+    *,
+    idle_timeout: float,
+    deadline: float | None = None,
 ) -> web.StreamResponse:
     """Prepare ``response``, write ``first`` then ``rest``; abort the
-    connection if anything fails after the headers are sent."""
+    connection if anything fails after the headers are sent.
+
+    A client that stops reading for ``idle_timeout`` seconds is cut off, and
+    so is the whole transfer once ``deadline`` seconds have passed (a file's
+    expiry plus the download grace): a stalled reader must not keep a
+    deleted blob's bytes flowing, or its file open, past the promise.
+    """
     await response.prepare(request)
     try:
-        if first:
-            await response.write(first)
-        async for piece in rest:
-            await response.write(piece)
-        await response.write_eof()
+        async with asyncio.timeout(deadline):
+            if first:
+                async with asyncio.timeout(idle_timeout):
+                    await response.write(first)
+            async for piece in rest:
+                async with asyncio.timeout(idle_timeout):
+                    await response.write(piece)
+            await response.write_eof()
     except Exception as exc:
         log.warning("aborting %s mid-stream: %s", what, type(exc).__name__)
         if request.transport is not None:

@@ -129,7 +129,7 @@ def parse_options(request: web.Request) -> UploadOptions:
     max_downloads: int | None = None
     if "max_downloads" in query:
         raw = query["max_downloads"]
-        if not raw.isdigit() or len(raw) > 9:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
             raise BadRequest("max_downloads must be a positive whole number")
         max_downloads = int(raw)
     filename = query.get("filename")

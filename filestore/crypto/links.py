@@ -20,7 +20,7 @@ import secrets
 from pathlib import Path
 
 from filestore.crypto._files import ensure_private_dir, read_private_file, write_private_file
-from filestore.errors import ConfigError, Forbidden
+from filestore.errors import ConfigError, NotFound
 
 KEY_SIZE = 32
 _DOMAIN = b"filestore/v1/download-link\x00"
@@ -48,16 +48,18 @@ class LinkSigner:
         return base64.urlsafe_b64encode(self._tag(file_id, tenant, expires)).rstrip(b"=").decode()
 
     def verify(self, file_id: bytes, tenant: str, expires: str, signature: str, now: float) -> None:
-        """Raise Forbidden unless the link is authentic and not expired."""
+        """Raise NotFound unless the link is authentic and not expired — the
+        same answer as for a file that does not exist, so a forged link
+        cannot probe which ids exist."""
         try:
             when = int(expires)
             tag = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
         except (ValueError, binascii.Error) as exc:
-            raise Forbidden("the download link is invalid or expired") from exc
+            raise NotFound("no such file") from exc
         if not expires.isdigit() or not hmac.compare_digest(tag, self._tag(file_id, tenant, when)):
-            raise Forbidden("the download link is invalid or expired")
+            raise NotFound("no such file")
         if now >= when:
-            raise Forbidden("the download link is invalid or expired")
+            raise NotFound("no such file")
 
 
 def load_or_create_link_key(path: Path) -> LinkSigner:

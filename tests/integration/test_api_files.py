@@ -454,16 +454,19 @@ async def test_signed_link(gateway: Gateway) -> None:
         {"expires": "soon", "signature": sig},
     ):
         bad = await gateway.client.get(f"/v1/files/{meta['id']}", params=query)
-        await assert_problem(bad, 403, "forbidden")
+        await assert_problem(bad, 404, "not-found")
     other = await gateway.upload(b"other file")
     await assert_problem(
         await gateway.client.get(f"/v1/files/{other['id']}", params=dict(url.query)),
-        403,
-        "forbidden",
+        404,
+        "not-found",
     )
+    # A forged link to an id that does not exist looks the same.
+    missing = await gateway.client.get("/v1/files/AAAAAAAAAAAAAAAAAAAAAA", params=dict(url.query))
+    await assert_problem(missing, 404, "not-found")
     # The link dies at its own expiry.
     gateway.clock.advance(600)
-    await assert_problem(await gateway.client.get(path_qs), 403, "forbidden")
+    await assert_problem(await gateway.client.get(path_qs), 404, "not-found")
 
 
 async def test_signed_link_never_outlives_the_file(gateway: Gateway) -> None:
@@ -478,7 +481,7 @@ async def test_signed_link_never_outlives_the_file(gateway: Gateway) -> None:
     assert (await gateway.client.get(path_qs)).status == 200
     gateway.clock.advance(1)
     got = await gateway.client.get(path_qs)
-    assert got.status in (403, 410)
+    assert got.status in (404, 410)
     # Deleting the file kills the link even before its expiry.
     meta2 = await gateway.upload(b"to delete", params={"ttl": "1h"})
     link2 = await (
@@ -553,3 +556,18 @@ async def test_expect_continue_refuses_before_the_body(gateway: Gateway) -> None
     assert head.startswith(b"HTTP/1.1 413")
     head = await _head_exchange(gateway, request(f"Bearer {key}", 10))
     assert head.startswith(b"HTTP/1.1 100 Continue")
+
+
+async def test_a_stalled_reader_is_cut_off(tmp_path: Path) -> None:
+    """A client that stops reading mid-download does not hold the stream
+    (and the blob's bytes) open: after the idle timeout the server aborts."""
+    async with running_gateway(tmp_path, read_timeout=0.3) as gw:
+        data = os.urandom(32 * (1 << 20))
+        meta = await gw.upload(data)
+        resp = await gw.get(meta["id"])
+        assert resp.status == 200
+        await resp.content.readexactly(1 << 20)
+        await asyncio.sleep(1.5)  # stop reading for well over the idle timeout
+        with pytest.raises((aiohttp.ClientPayloadError, asyncio.IncompleteReadError)):
+            async with asyncio.timeout(10):
+                await resp.content.readexactly(len(data) - (1 << 20))
