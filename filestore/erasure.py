@@ -32,8 +32,10 @@ from filestore.storage.base import BlobStore
 
 log = logging.getLogger(__name__)
 
-#: How long a deleter holds a file before another may take over.
-LEASE = 300.0
+#: How long a deleter holds a file when the caller sets nothing else. The
+#: gateway uses one purge interval, so the next pass can take over what a
+#: crashed one left.
+DEFAULT_LEASE = 60.0
 #: Blob deletions in flight at once.
 BLOB_CONCURRENCY = 8
 METHOD = "crypto_erase+delete"
@@ -61,7 +63,9 @@ class Eraser:
         clock: Clock,
         instance: str,
         after_step: StepHook | None = None,
+        lease: float = DEFAULT_LEASE,
     ) -> None:
+        self.lease_seconds = lease
         self.metadata = metadata
         self.blobs = blobs
         self.clock = clock
@@ -76,7 +80,9 @@ class Eraser:
         """Step 1 for one file (DELETE, download limit); None if someone else
         holds it or it is already purged."""
         now = self.clock.now()
-        return await self.metadata.begin_delete(file_id, reason, self.instance, now, now + LEASE)
+        return await self.metadata.begin_delete(
+            file_id, reason, self.instance, now, now + self.lease_seconds
+        )
 
     async def erase(self, records: Sequence[FileRecord]) -> ErasureReport:
         """Steps 2-4 for ``records``. Raises only if step 2 fails (then no

@@ -202,7 +202,7 @@ class Lifecycle:
         self.keyring = keyring
         self.clock = clock
         self.instance = instance or "gw-" + secrets.token_hex(4)
-        self.eraser = Eraser(metadata, blobs, clock, self.instance)
+        self.eraser = Eraser(metadata, blobs, clock, self.instance, lease=settings.purge_interval)
 
     # ------------------------------------------------------------------ upload
     def _ttl(self, requested: float | None) -> float:
@@ -429,10 +429,26 @@ class Lifecycle:
         record = await self.eraser.lease(file_id, reason)
         if record is None:
             return False
-        report = await self.eraser.erase([record])
+        try:
+            report = await self.eraser.erase([record])
+        except FilestoreError as exc:
+            await self._hold_for_purge(record, exc)
+            raise
         if report.failed:
+            await self._hold_for_purge(record, report.failed[0][1])
             raise report.failed[0][1]
         return True
+
+    async def _hold_for_purge(self, record: FileRecord, error: FilestoreError) -> None:
+        """Leave a failed early deletion to the purge: counted as failing and
+        retried after one interval, even though the file has not expired."""
+        retry_at = self.clock.now() + self.settings.purge_interval
+        try:
+            await self.metadata.record_failure(
+                record.id, self.instance, retry_at, type(error).__name__
+            )
+        except FilestoreError:
+            log.warning("could not record a failed deletion; its lease will lapse instead")
 
 
 def _opt_str(value: object) -> str | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from filestore.erasure import LEASE, Eraser
+from filestore.erasure import Eraser
 from filestore.errors import FilestoreError
 from filestore.metadata.base import DeleteReason, FileRecord, MetadataStore
 
@@ -89,7 +89,9 @@ async def purge_pass(
     for _ in range(max_batches):
         now = clock.now()
         try:
-            batch = await metadata.claim_expired(now, batch_size, eraser.instance, now + LEASE)
+            batch = await metadata.claim_expired(
+                now, batch_size, eraser.instance, now + eraser.lease_seconds
+            )
         except FilestoreError as exc:
             report.error = type(exc).__name__
             log.error("purge pass could not claim files: %s", report.error)

@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass
 
 from filestore import __version__, ids
-from filestore.erasure import LEASE, Eraser
+from filestore.erasure import Eraser
 from filestore.errors import FilestoreError, StorageUnavailable
 from filestore.metadata.base import DeleteReason, MetadataStore
 from filestore.storage.base import BlobStore, ListableBlobStore
@@ -42,7 +42,7 @@ async def sweep_stuck_uploads(
     now = eraser.clock.now()
     for record in await metadata.stuck_uploads(now - grace, limit):
         leased = await metadata.begin_delete(
-            record.id, DeleteReason.ORPHAN, eraser.instance, now, now + LEASE
+            record.id, DeleteReason.ORPHAN, eraser.instance, now, now + eraser.lease_seconds
         )
         if leased is None:
             continue

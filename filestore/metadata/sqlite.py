@@ -115,6 +115,11 @@ MIGRATIONS: tuple[str, ...] = (
     -- The stuck-upload sweep visits only uploads, never the live files.
     CREATE INDEX files_uploading ON files (created_at) WHERE state = 'uploading';
     """,
+    """
+    -- Deletions started before expiry (DELETE, download limits) whose
+    -- worker died or failed: the purge finds them here without a scan.
+    CREATE INDEX files_purging ON files (lease_expires) WHERE state = 'purging';
+    """,
 )
 
 _FILE_COLUMNS = (
@@ -411,16 +416,21 @@ class SQLiteMetadataStore:
         def fn(conn: sqlite3.Connection) -> list[FileRecord]:
             # The inner scan walks the partial expiry index from the oldest
             # expiry and stops at ``now``: live files are never visited.
+            due = "(next_attempt_at IS NULL OR next_attempt_at <= :now)"
+            lapsed = "(lease_expires IS NULL OR lease_expires <= :now)"
             rows = conn.execute(
-                "UPDATE files SET state = 'purging', lease_owner = ?, lease_expires = ?, "
-                "delete_reason = coalesce(delete_reason, 'expired') "
-                "WHERE id IN (SELECT id FROM files INDEXED BY files_live_expiry "
-                "  WHERE state <> 'purged' AND expires_at <= ? "
-                "  AND (state <> 'purging' OR lease_expires IS NULL OR lease_expires <= ?) "
-                "  AND (next_attempt_at IS NULL OR next_attempt_at <= ?) "
-                "  ORDER BY expires_at LIMIT ?) "
+                "UPDATE files SET state = 'purging', lease_owner = :owner, "
+                "lease_expires = :until, delete_reason = coalesce(delete_reason, 'expired') "
+                "WHERE id IN (SELECT id FROM ("
+                "  SELECT id, expires_at FROM files INDEXED BY files_live_expiry "
+                "  WHERE state <> 'purged' AND expires_at <= :now "
+                f"  AND (state <> 'purging' OR {lapsed}) AND {due} "
+                "  UNION "
+                "  SELECT id, expires_at FROM files INDEXED BY files_purging "
+                f"  WHERE state = 'purging' AND {lapsed} AND {due}"
+                ") ORDER BY expires_at LIMIT :limit) "
                 f"RETURNING {_FILE_COLUMNS}",
-                (owner, lease_until, now, now, now, limit),
+                {"owner": owner, "until": lease_until, "now": now, "limit": limit},
             ).fetchall()
             return sorted((_file_from_row(r) for r in rows), key=lambda r: r.expires_at)
 

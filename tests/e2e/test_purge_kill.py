@@ -15,7 +15,6 @@ from filestore.audit import verify_export
 from filestore.auditlog import export
 from filestore.clock import ManualClock
 from filestore.config import Settings
-from filestore.erasure import LEASE
 from filestore.services import open_services
 from scheduler.purge import purge_pass
 from tests.support.files import make_file
@@ -69,7 +68,7 @@ async def test_sigkill_mid_pass_then_next_pass_finishes(tmp_path: Path) -> None:
     assert _purged(settings.database_path) < FILES, "killed too late to be mid-pass"
 
     # The next pass, once the dead process's leases have lapsed.
-    clock = ManualClock(time.time() + LEASE + 1)
+    clock = ManualClock(time.time() + settings.purge_interval + 1)
     async with open_services(settings, clock) as svc:
         report = await purge_pass(svc.metadata, svc.lifecycle.eraser, interval=60)
         assert report.failed == 0

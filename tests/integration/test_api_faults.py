@@ -511,3 +511,34 @@ async def test_database_outage_is_503_not_500(tmp_path: Path) -> None:
         assert_retry_after(ready.headers)
         # Liveness is not readiness: the process still serves.
         assert (await gw.client.get("/healthz")).status == 200
+
+
+async def test_failed_early_delete_is_retried_by_the_purge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DELETE whose blob removal fails is counted as failing at once and
+    finished by a purge pass after one interval, long before the file's own
+    expiry."""
+    from filestore.errors import StorageUnavailable
+    from scheduler.runner import PurgeScheduler
+
+    async with running_gateway(tmp_path) as gw:
+        svc = gw.services
+        meta = await gw.upload(b"delete me", params={"ttl": "10h"})
+        real_delete = svc.blobs.delete
+
+        async def broken(name: str) -> None:
+            raise StorageUnavailable("injected")
+
+        monkeypatch.setattr(svc.blobs, "delete", broken)
+        resp = await gw.client.delete(f"/v1/files/{meta['id']}", headers=await gw.auth())
+        assert resp.status == 503
+        assert (await gw.get(meta["id"])).status == 410
+        stats = await svc.metadata.purge_stats(gw.clock.now())
+        assert stats.failing == 1
+        monkeypatch.setattr(svc.blobs, "delete", real_delete)
+        gw.clock.advance(svc.settings.purge_interval)
+        report = await PurgeScheduler(svc).run_pass()
+        assert report.purged == 1
+        records = await svc.metadata.audit_range(0, 10)
+        assert [(r.file_id, r.reason) for r in records] == [(meta["id"], "client_request")]

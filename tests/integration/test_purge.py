@@ -10,7 +10,6 @@ import pytest
 from filestore import ids
 from filestore.clock import ManualClock
 from filestore.config import Settings
-from filestore.erasure import LEASE
 from filestore.metadata.base import FileState
 from filestore.services import Services, open_services
 from scheduler.purge import purge_pass
@@ -97,7 +96,7 @@ async def test_crash_at_each_step_is_finished_by_the_next_pass(gateway: Gateway,
     # Unreadable from the moment it expired, whatever the crash left.
     for info in made:
         assert (await gateway.get(info.id_text)).status == 410
-    gateway.clock.advance(LEASE)  # the crashed pass's leases lapse
+    gateway.clock.advance(svc.lifecycle.eraser.lease_seconds)  # the crashed pass's leases lapse
     await _pass(svc)
     assert all(state == "purged" for state in _rows(svc).values())
     assert _blob_names(svc) == set()
