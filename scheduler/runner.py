@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -46,6 +47,9 @@ class PurgeStatus:
     orphans_total: int = 0
     failures_total: Counter[str] = field(default_factory=Counter)
     last_checkpoint_size: int | None = None
+    sweep_failed_total: int = 0
+    #: KEKs due for destruction but still wrapping a live key.
+    kek_held_back: list[int] = field(default_factory=list)
     last_error: str | None = None
     #: (pass end, max overdue) of recent passes, for the 24-hour maximum.
     overdue: deque[tuple[float, float]] = field(default_factory=deque)
@@ -87,20 +91,40 @@ class PurgeScheduler:
             batch_size=settings.purge_batch_size,
         )
         status = self.status
-        try:
+        errors: list[str] = [report.error] if report.error else []
+
+        async def step(name: str, work: Callable[[], Awaitable[None]]) -> None:
+            # Each step on its own: one failing never skips the others, and
+            # the checkpoint is written after every pass whatever happened.
+            try:
+                await work()
+            except FilestoreError as exc:
+                errors.append(f"{name}: {type(exc).__name__}")
+                log.error("purge %s failed: %s", name, type(exc).__name__)
+
+        async def stuck() -> None:
             swept = await sweep_stuck_uploads(svc.metadata, eraser, settings.upload_grace)
             status.orphans_total += swept.stuck_uploads
+            status.sweep_failed_total += swept.failed
+
+        async def orphans() -> None:
+            # Listing storage costs O(blobs): every sweep interval, not every
+            # pass, so a pass stays O(expired files).
             now = svc.clock.now()
-            # Listing storage costs O(blobs): do it every sweep interval, not
-            # every pass, so a pass stays O(expired files).
             last = self._last_orphan_sweep
             if last is None or now - last >= settings.sweep_interval:
-                orphans = await sweep_orphan_blobs(
+                found = await sweep_orphan_blobs(
                     svc.metadata, svc.blobs, eraser, settings.upload_grace
                 )
-                status.orphans_total += orphans.orphan_blobs
+                status.orphans_total += found.orphan_blobs
+                status.sweep_failed_total += found.failed
                 self._last_orphan_sweep = now
-            await manage_keys(svc.keyring, svc.metadata, eraser, settings)
+
+        async def keys() -> None:
+            found = await manage_keys(svc.keyring, svc.metadata, eraser, settings)
+            status.kek_held_back = found.held_back
+
+        async def checkpoint() -> None:
             size, _note = await write_checkpoint(
                 svc.metadata,
                 svc.signing_key,
@@ -109,10 +133,12 @@ class PurgeScheduler:
                 self._frontier,
             )
             status.last_checkpoint_size = size
-            status.last_error = report.error
-        except FilestoreError as exc:
-            status.last_error = type(exc).__name__
-            log.error("purge housekeeping failed: %s", status.last_error)
+
+        await step("stuck-upload sweep", stuck)
+        await step("orphan sweep", orphans)
+        await step("key epochs", keys)
+        await step("checkpoint", checkpoint)
+        status.last_error = "; ".join(errors) or None
         status.last = report
         status.passes += 1
         status.purged_total += report.purged

@@ -76,6 +76,10 @@ async def purge_status(request: web.Request) -> web.Response:
         "failing_files_by_error": None if stats is None else stats.failures_by_error,
         "failures_total_by_error": dict(status.failures_total),
         "purged_total": status.purged_total,
+        "failed_attempts_total": status.failed_total,
+        "orphans_removed_total": status.orphans_total,
+        "sweep_failures_total": status.sweep_failed_total,
+        "keks_held_back": status.kek_held_back,
         "live_files": None if stats is None else stats.live,
         "oldest_live_file_age_seconds": None
         if stats is None or stats.oldest_live_created is None
@@ -210,6 +214,20 @@ async def metrics(request: web.Request) -> web.Response:
             "Age of the oldest live file.",
             [("", age)],
         )
+    _metric(
+        lines,
+        "filestore_orphans_removed_total",
+        "counter",
+        "Orphan uploads and blobs removed by this process.",
+        [("", float(status.orphans_total))],
+    )
+    _metric(
+        lines,
+        "filestore_kek_destruction_held_back",
+        "gauge",
+        "KEKs due for destruction that still wrap a live key.",
+        [("", float(len(status.kek_held_back)))],
+    )
     _metric(
         lines,
         "filestore_purge_max_overdue_seconds_24h",

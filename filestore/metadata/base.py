@@ -196,7 +196,9 @@ class MetadataStore(Protocol):
 
     async def append_audit(self, fields: AuditFields) -> AuditRecord:
         """Append one record that marks no file row (a KEK destruction, an
-        orphan blob without a row)."""
+        orphan blob without a row). If that file's deletion or that KEK's
+        destruction is already on record, return the existing record
+        instead: one record each, whoever races."""
 
     async def audit_head(self) -> AuditRecord | None: ...
 

@@ -303,8 +303,14 @@ class SQLiteMetadataStore:
 
     async def discard_upload(self, file_id: bytes) -> None:
         def fn(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM file_keys WHERE file_id = ?", (file_id,))
-            conn.execute("DELETE FROM files WHERE id = ? AND state = 'uploading'", (file_id,))
+            # Only an upload that never became active: a caller cancelled
+            # after activate() committed must not strip a live file's key.
+            pending = conn.execute(
+                "SELECT 1 FROM files WHERE id = ? AND state = 'uploading'", (file_id,)
+            ).fetchone()
+            if pending:
+                conn.execute("DELETE FROM file_keys WHERE file_id = ?", (file_id,))
+                conn.execute("DELETE FROM files WHERE id = ?", (file_id,))
 
         await self._run(self._tx(fn))
         await self._run(self._checkpoint)
@@ -510,7 +516,26 @@ class SQLiteMetadataStore:
 
     # ------------------------------------------------------------------- audit
     async def append_audit(self, fields: AuditFields) -> AuditRecord:
-        return await self._run(self._tx(lambda conn: _append(conn, _audit_head(conn), fields)))
+        def fn(conn: sqlite3.Connection) -> AuditRecord:
+            # Check and insert in one transaction: two processes sweeping the
+            # same orphan, or destroying the same KEK, record it once.
+            if fields.get("event") == "file_deleted" and fields.get("file_id"):
+                found = conn.execute(
+                    "SELECT body FROM audit_log WHERE event = 'file_deleted' AND file_id = ?",
+                    (fields["file_id"],),
+                ).fetchone()
+            elif fields.get("event") == "kek_destroyed":
+                found = conn.execute(
+                    "SELECT body FROM audit_log WHERE event = 'kek_destroyed' AND kek_id = ?",
+                    (fields.get("kek_id"),),
+                ).fetchone()
+            else:
+                found = None
+            if found is not None:
+                return decode_record(found[0])
+            return _append(conn, _audit_head(conn), fields)
+
+        return await self._run(self._tx(fn))
 
     async def audit_head(self) -> AuditRecord | None:
         return await self._run(self._query(_audit_head))
