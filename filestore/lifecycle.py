@@ -47,6 +47,7 @@ from filestore.errors import (
     FilestoreError,
     Gone,
     IntegrityError,
+    KeyNotFound,
     NotFound,
     StorageUnavailable,
     TooLarge,
@@ -350,7 +351,13 @@ class Lifecycle:
             raise Gone("the file has expired")
         if record.max_downloads is not None and record.downloads >= record.max_downloads:
             raise Gone("the file reached its download limit")
-        dek = self.keyring.unwrap(key.kek_id, file_id, key.wrapped)
+        try:
+            dek = self.keyring.unwrap(key.kek_id, file_id, key.wrapped)
+        except KeyNotFound:
+            # Another process sharing the keyring may have rotated since we
+            # loaded it; a destroyed KEK stays missing after the reload.
+            await asyncio.to_thread(self.keyring.reload)
+            dek = self.keyring.unwrap(key.kek_id, file_id, key.wrapped)
         return record, key, dek
 
     def _file_info(self, record: FileRecord, dek: bytes) -> FileInfo:

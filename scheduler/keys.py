@@ -24,6 +24,7 @@ from filestore import __version__
 from filestore.config import Settings
 from filestore.crypto import Keyring
 from filestore.erasure import Eraser
+from filestore.errors import KeyNotFound
 from filestore.metadata.base import MetadataStore
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,16 @@ async def manage_keys(
 ) -> KeyReport:
     report = KeyReport()
     now = eraser.clock.now()
+    # Other processes may share the keyring file: start from what it says.
+    await asyncio.to_thread(keyring.reload)
     entries = sorted(keyring.entries())
     active_created = dict(entries)[keyring.active_id]
     if now - active_created >= settings.kek_rotation:
-        report.rotated_to = await asyncio.to_thread(keyring.rotate, now)
-        log.info("rotated the key-encryption key to id %d", report.rotated_to)
+        before = keyring.active_id
+        active = await asyncio.to_thread(keyring.rotate, now, settings.kek_rotation)
+        if active != before:
+            report.rotated_to = active
+            log.info("rotated the key-encryption key to id %d", active)
         entries = sorted(keyring.entries())
     for (kek_id, _created), (_next_id, retired_at) in itertools.pairwise(entries):
         if kek_id == keyring.active_id or now < retired_at + destroy_after(settings):
@@ -79,7 +85,10 @@ async def manage_keys(
                     "software_version": __version__,
                 }
             )
-        await asyncio.to_thread(keyring.destroy, kek_id)
+        try:
+            await asyncio.to_thread(keyring.destroy, kek_id)
+        except KeyNotFound:
+            continue  # another process destroyed it (and recorded it) first
         report.destroyed.append(kek_id)
         log.info("destroyed key-encryption key %d", kek_id)
     return report

@@ -28,9 +28,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import fcntl
 import json
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -178,11 +181,30 @@ class Keyring:
         return dek
 
     # --------------------------------------------------------------- changes
-    def rotate(self, now: float) -> int:
-        """Add a KEK with id ``max + 1``, make it active, persist; return its
-        id. Blocking. The in-memory keyring changes only once the file has."""
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[dict[int, _Kek]]:
+        """Hold this process's lock and the file lock, with the keys as the
+        file has them now: several processes (gateways, a cron purge) may
+        share one keyring, and each change is read-modify-write of the file,
+        never of a stale copy in memory."""
         with self._write_lock:
-            keys = self._state[0]
+            lock_path = self._path.with_name(self._path.name + ".lock")
+            fd = os.open(lock_path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._state = self._parse(self._path, read_private_file(self._path))._state
+                yield self._state[0]
+            finally:
+                os.close(fd)  # releases the flock
+
+    def rotate(self, now: float, min_age: float = 0.0) -> int:
+        """Add a KEK with id ``max + 1``, make it active, persist; return its
+        id. If another process already rotated (the active KEK in the file is
+        younger than ``min_age``), adopt that one instead. Blocking."""
+        with self._exclusive() as keys:
+            active = self._state[1]
+            if now - keys[active].created_at < min_age:
+                return active
             new_id = max(keys) + 1
             if new_id > MAX_KEK_ID:
                 raise ConfigError(f"keyring file {self._path} has run out of KEK ids")
@@ -195,10 +217,11 @@ class Keyring:
         """Remove KEK ``kek_id`` from the keyring and the file. Blocking.
 
         ValueError for the active KEK; KeyNotFound if it is already gone (a
-        caller retrying after a crash may treat that as done).
+        caller retrying after a crash, or racing another process, may treat
+        that as done).
         """
-        with self._write_lock:
-            keys, active = self._state
+        with self._exclusive() as keys:
+            active = self._state[1]
             if kek_id == active:
                 raise ValueError("the active key-encryption key cannot be destroyed")
             if kek_id not in keys:

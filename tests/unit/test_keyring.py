@@ -293,3 +293,25 @@ def test_reload_sees_another_processs_rotation(ring: Keyring, path: Path) -> Non
     ring.reload()
     assert ring.active_id == new_id
     assert ring.unwrap(kek_id, FILE_ID, wrapped) == b"e" * 32
+
+
+def test_two_processes_sharing_a_keyring_never_lose_or_revive_keys(tmp_path: Path) -> None:
+    """Each change is read-modify-write of the file under a lock, so a copy
+    in another process's memory cannot overwrite it."""
+    path = tmp_path / "keyring.json"
+    a = Keyring.load_or_create(path, 1000.0)
+    b = Keyring.load_or_create(path, 1000.0)
+    second = a.rotate(5000.0, 3600.0)
+    kek_id, wrapped = a.wrap(b"d" * 32, b"f" * 16)
+    assert kek_id == second
+    # b's copy is stale; its own rotation sees a's and adopts it.
+    assert b.rotate(5001.0, 3600.0) == second
+    assert b.unwrap(kek_id, b"f" * 16, wrapped) == b"d" * 32
+    b.destroy(1)
+    # a, still holding KEK 1 in memory, rotates later: KEK 1 stays gone.
+    third = a.rotate(9000.0, 3600.0)
+    assert third == second + 1
+    fresh = Keyring.load_or_create(path, 0.0)
+    assert [kid for kid, _ in fresh.entries()] == [second, third]
+    with pytest.raises(KeyNotFound):
+        a.destroy(1)
