@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (FILESTORE_HOST)")
     serve.add_argument("--port", type=int, help="port (FILESTORE_PORT)")
     serve.add_argument("--data-dir", help="data directory (FILESTORE_DATA_DIR)")
+    serve.add_argument(
+        "--no-scheduler",
+        action="store_true",
+        help="do not run the purge scheduler here (run `filestore scheduler` or cron)",
+    )
 
     sub.add_parser("purge", help="run one purge pass and exit (for cron)")
     sub.add_parser("scheduler", help="run the purge scheduler without the HTTP API")
@@ -86,7 +91,7 @@ def _setup_logging(level: str) -> None:
     )
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, run_scheduler: bool = True) -> None:
     # Handlers first: a SIGTERM at any point after start-up is a clean stop.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -114,7 +119,8 @@ async def _serve(settings: Settings) -> None:
         server = getattr(site, "_server", None)
         if server is not None and server.sockets:
             port = server.sockets[0].getsockname()[1]
-        scheduler.start()
+        if run_scheduler:
+            scheduler.start()
         print(f"filestore {__version__} listening on http://{settings.host}:{port}", flush=True)
         try:
             await stop.wait()
@@ -199,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging(settings.log_level)
         if args.command == "serve":
             with contextlib.suppress(KeyboardInterrupt):
-                asyncio.run(_serve(settings))
+                asyncio.run(_serve(settings, not args.no_scheduler))
         elif args.command == "purge":
             return asyncio.run(_purge(settings))
         elif args.command == "scheduler":

@@ -20,23 +20,27 @@ from typing import Any
 from filestore.errors import ConfigError
 
 DAY = 24 * 3600.0
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def parse_duration(text: str | float | int) -> float:
-    """Seconds from ``90``, ``"90"``, ``"90s"``, ``"15m"``, ``"2h"`` or ``"1d"``."""
+    """Seconds from ``90``, ``"90"``, ``"90s"``, ``"15m"``, ``"2h"``, ``"1d"``
+    or a compound such as ``"23h58m"``."""
     if isinstance(text, bool):
         raise ValueError("expected a duration")
     if isinstance(text, int | float):
         value = float(text)
     else:
-        match = _DURATION_RE.match(text)
-        if not match:
-            raise ValueError("expected seconds, or a number with s, m, h or d")
-        value = float(match.group(1)) * _UNITS[match.group(2)]
+        compact = text.strip().replace(" ", "")
+        parts = _DURATION_PART_RE.findall(compact)
+        if not compact or "".join(n + u for n, u in parts) != compact:
+            raise ValueError("expected seconds, or numbers with s, m, h or d (e.g. 23h58m)")
+        if len(parts) > 1 and any(not u for _n, u in parts):
+            raise ValueError("in a compound duration every number needs a unit")
+        value = sum(float(n) * _UNITS[u] for n, u in parts)
     if value != value or value in (float("inf"), float("-inf")) or value < 0:
         raise ValueError("expected a finite, non-negative duration")
     return value
@@ -83,9 +87,31 @@ def _parse_level(text: str) -> str:
 
 
 def _parse_storage(text: str) -> str:
-    if text not in ("local",):
-        raise ValueError("expected 'local'")
+    if text not in ("local", "s3"):
+        raise ValueError("expected 'local' or 's3'")
     return text
+
+
+# --- S3 settings (issue 4) ---------------------------------------------------
+#: S3 refuses parts under 5 MiB (but the last) and uploads of over 10 000 parts.
+S3_MIN_PART_SIZE = 5 << 20
+S3_MAX_PARTS = 10_000
+
+
+def _parse_addressing_style(text: str) -> str:
+    if text not in ("auto", "path", "virtual"):
+        raise ValueError("expected 'auto', 'path' or 'virtual'")
+    return text
+
+
+def _parse_part_size(text: str | int) -> int:
+    size = parse_size(text)
+    if not S3_MIN_PART_SIZE <= size <= 5 << 30:
+        raise ValueError("expected a part size from 5MiB to 5GiB (S3's limits)")
+    return size
+
+
+# --- end of S3 settings --------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -95,7 +121,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: Path = Path("filestore-data")
-    #: Blob backend: "local" (files under data_dir/blobs).
+    #: Blob backend: "local" (files under data_dir/storage) or "s3" (the s3_* settings).
     storage: str = "local"
     #: Metadata database; empty means SQLite at data_dir/filestore.db.
     database_url: str = ""
@@ -130,6 +156,22 @@ class Settings:
     upload_grace: float = 3600.0
     #: Bytes of plaintext per encryption batch (a multiple of 16 KiB).
     batch_size: int = 1 << 20
+    # --- S3 settings (issue 4); credentials come from the standard AWS chain.
+    #: Bucket for blobs when storage = "s3" (required then).
+    s3_bucket: str = ""
+    #: Key prefix of every object filestore writes; it owns everything below it.
+    s3_prefix: str = "filestore/"
+    #: Endpoint of an S3-compatible service (MinIO, SeaweedFS, Ceph, R2); empty for AWS.
+    s3_endpoint_url: str = ""
+    #: Region; empty means the AWS chain's (AWS_REGION, AWS_DEFAULT_REGION, config file).
+    s3_region: str = ""
+    #: "auto", "path" (most self-hosted services) or "virtual" (bucket in the host name).
+    s3_addressing_style: str = "auto"
+    #: Multipart part size: memory per upload is about three parts.
+    s3_part_size: int = 8 << 20
+    #: Threads for S3 calls (and HTTP connections in the pool).
+    s3_max_workers: int = 16
+    # --- end of S3 settings
 
     # ------------------------------------------------------------------ derived
     @property
@@ -241,6 +283,19 @@ class Settings:
         if self.batch_size % 16384 or self.batch_size <= 0:
             raise ConfigError("FILESTORE_BATCH_SIZE must be a positive multiple of 16384")
         self.database_path  # noqa: B018 - raises ConfigError for unsupported URLs
+        # --- S3 settings (issue 4)
+        if self.storage == "s3":
+            if not self.s3_bucket:
+                raise ConfigError("FILESTORE_S3_BUCKET must be set when FILESTORE_STORAGE=s3")
+            # Ciphertext is ~0.1 % longer than the plaintext, plus its prefix.
+            if self.max_file_size + self.max_file_size // 1000 + (1 << 20) > (
+                S3_MAX_PARTS * self.s3_part_size
+            ):
+                raise ConfigError(
+                    "FILESTORE_S3_PART_SIZE is too small for FILESTORE_MAX_FILE_SIZE: S3 allows "
+                    f"at most {S3_MAX_PARTS} parts per upload"
+                )
+        # --- end of S3 settings
 
 
 _PARSERS: dict[str, Callable[[Any], Any]] = {
@@ -267,4 +322,13 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "download_grace": parse_duration,
     "sweep_interval": parse_duration,
     "batch_size": parse_size,
+    # --- S3 settings (issue 4)
+    "s3_bucket": str,
+    "s3_prefix": str,
+    "s3_endpoint_url": str,
+    "s3_region": str,
+    "s3_addressing_style": _parse_addressing_style,
+    "s3_part_size": _parse_part_size,
+    "s3_max_workers": lambda v: _positive(int(v)),
+    # --- end of S3 settings
 }

@@ -96,7 +96,7 @@ def openapi_document() -> dict[str, Any]:
                             "in": "query",
                             "description": "Lifetime: seconds, or a number with s, m or h; "
                             "at most the server's max TTL.",
-                            "schema": {"type": "string", "pattern": r"^\d+(\.\d+)?[smh]?$"},
+                            "schema": {"type": "string", "pattern": r"^(\d+(\.\d+)?[smhd]?)+$"},
                         },
                         {
                             "name": "filename",
@@ -212,7 +212,7 @@ def openapi_document() -> dict[str, Any]:
                         {
                             "name": "ttl",
                             "in": "query",
-                            "schema": {"type": "string", "pattern": r"^\d+(\.\d+)?[smh]?$"},
+                            "schema": {"type": "string", "pattern": r"^(\d+(\.\d+)?[smhd]?)+$"},
                         }
                     ],
                     "responses": _with_errors(
