@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -197,6 +198,8 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Everything filestore creates (database, WAL, keys, blobs) is private.
+    os.umask(0o077)
     args = _parser().parse_args(argv)
     try:
         if args.command == "audit":

@@ -120,6 +120,11 @@ MIGRATIONS: tuple[str, ...] = (
     -- worker died or failed: the purge finds them here without a scan.
     CREATE INDEX files_purging ON files (lease_expires) WHERE state = 'purging';
     """,
+    """
+    -- Live files for the status figures (count, oldest) without a table scan.
+    CREATE INDEX files_live_created ON files (created_at)
+        WHERE state IN ('uploading', 'active');
+    """,
 )
 
 _FILE_COLUMNS = (
