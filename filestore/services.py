@@ -51,6 +51,11 @@ async def open_metadata(settings: Settings) -> MetadataStore:
 async def open_blobs(settings: Settings) -> BlobStore:
     if settings.storage == "local":
         return await LocalBlobStore.open(settings.storage_dir)
+    if settings.storage == "s3":
+        # Imported here so boto3 (slow to import) loads only when it is used.
+        from filestore.storage.s3 import S3BlobStore
+
+        return await S3BlobStore.open(settings)
     raise ConfigError(f"FILESTORE_STORAGE={settings.storage!r} is not supported")
 
 
