@@ -90,6 +90,8 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # APScheduler logs every run at INFO; the pass logs what matters itself.
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 async def _serve(settings: Settings, run_scheduler: bool = True) -> None:
