@@ -23,10 +23,10 @@ import logging
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
 from typing import Any, Protocol, TypeVar
 
 from filestore.errors import FilestoreError, StorageUnavailable
+from filestore.storage._jobs import after
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -370,17 +370,6 @@ def read_piece(body: Any, size: int) -> bytes:
         chunks.append(more)
         got += len(more)
     return b"".join(chunks)
-
-
-def after(previous: Future[Any] | None, fn: Callable[[], T]) -> Callable[[], T]:
-    """``fn`` to run once ``previous`` (a job using the same resource) is done."""
-
-    def run() -> T:
-        if previous is not None:
-            wait_futures([previous])
-        return fn()
-
-    return run
 
 
 async def read_body(jobs: Pool, body: Any, piece_size: int) -> AsyncGenerator[bytes, None]:

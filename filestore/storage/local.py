@@ -39,11 +39,11 @@ import secrets
 import stat
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from filestore.errors import NotFound, StorageUnavailable
+from filestore.storage._jobs import after
 from filestore.storage.base import BlobWriter, StoredBlob
 
 T = TypeVar("T")
@@ -110,17 +110,6 @@ def _stat_size(path: Path) -> int | None:
         return os.stat(path).st_size
     except FileNotFoundError:
         return None
-
-
-def _after(previous: Future[Any] | None, fn: Callable[[], T]) -> Callable[[], T]:
-    """``fn`` to run once ``previous`` (a job using the same descriptor) is done."""
-
-    def run() -> T:
-        if previous is not None:
-            wait_futures([previous])
-        return fn()
-
-    return run
 
 
 def _close_quietly(fd: int) -> None:
@@ -343,7 +332,7 @@ class LocalBlobStore:
             if self._closed:  # the pool is drained; closing a read fd does no I/O
                 _close_quietly(fd)
             else:
-                await _settle("close a blob", self._submit(_after(job, lambda: os.close(fd))))
+                await _settle("close a blob", self._submit(after(job, lambda: os.close(fd))))
 
     async def size(self, name: str) -> int | None:
         """Size of the committed blob, or None; partial uploads do not count."""
@@ -388,7 +377,7 @@ class LocalBlobStore:
             if self._closed:
                 walk.close()  # only closes directory handles
             else:
-                await _settle("list blobs", self._submit(_after(job, walk.close)))
+                await _settle("list blobs", self._submit(after(job, walk.close)))
 
     async def close(self) -> None:
         """Drain the pool and close the files of writers never committed or
@@ -490,7 +479,7 @@ class _LocalWriter:
             if published and job and job.exception() is None and _unlink(published):
                 _fsync_dir(published.parent)
 
-        await _settle("discard a blob", self._store._submit(_after(job, discard)))
+        await _settle("discard a blob", self._store._submit(after(job, discard)))
 
     def _detach(self) -> int | None:
         """The store is closing: give up the descriptor (still open)."""

@@ -42,11 +42,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from filestore.config import Settings
 from filestore.errors import ConfigError, NotFound, StorageUnavailable
+from filestore.storage._jobs import after
 from filestore.storage._s3_writer import (
     ClientUploads,
     Pool,
     S3Writer,
-    after,
     close_opened,
     read_body,
     take,
