@@ -94,12 +94,18 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
-async def _serve(settings: Settings, run_scheduler: bool = True) -> None:
-    # Handlers first: a SIGTERM at any point after start-up is a clean stop.
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM: a clean stop at any point."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _serve(settings: Settings, run_scheduler: bool = True) -> None:
+    # Handlers first: a SIGTERM at any point after start-up is a clean stop.
+    stop = _stop_on_signals()
     async with open_services(settings, SystemClock()) as services:
         first_key = await ensure_first_key(services)
         if first_key is not None:
@@ -154,10 +160,7 @@ async def _purge(settings: Settings) -> int:
 
 async def _scheduler_only(settings: Settings) -> None:
     """The purge scheduler without the HTTP API, until SIGTERM."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _stop_on_signals()
     async with open_services(settings, SystemClock()) as services:
         scheduler = PurgeScheduler(services)
         scheduler.start()
