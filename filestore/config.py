@@ -86,6 +86,35 @@ def _parse_level(text: str) -> str:
     return level
 
 
+def _parse_database_url(text: str) -> str:
+    url = str(text).strip()
+    if url and not url.startswith(_DATABASE_SCHEMES):
+        raise ValueError(
+            "expected sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+        )
+    return url
+
+
+#: URL schemes FILESTORE_DATABASE_URL accepts (a driver suffix is allowed only
+#: where it names the driver filestore uses).
+_DATABASE_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+asyncpg://", "postgres://")
+
+
+def _parse_key_schedule(text: str) -> str:
+    if text not in ("keyring", "ratchet"):
+        raise ValueError("expected 'keyring' (one host) or 'ratchet' (machines sharing nothing)")
+    return text
+
+
+def _parse_peers(text: str | list[str]) -> tuple[str, ...]:
+    items = text if isinstance(text, list) else str(text).split(",")
+    peers = tuple(p.strip().rstrip("/") for p in items if p.strip())
+    for peer in peers:
+        if not peer.startswith(("http://", "https://")):
+            raise ValueError("expected a comma-separated list of http(s):// base URLs")
+    return peers
+
+
 def _parse_storage(text: str) -> str:
     if text not in ("local", "s3"):
         raise ValueError("expected 'local' or 's3'")
@@ -123,14 +152,27 @@ class Settings:
     data_dir: Path = Path("filestore-data")
     #: Blob backend: "local" (files under data_dir/storage) or "s3" (the s3_* settings).
     storage: str = "local"
-    #: Metadata database; empty means SQLite at data_dir/filestore.db.
+    #: Metadata database: empty means SQLite at data_dir/filestore.db;
+    #: ``sqlite:///PATH`` or ``postgresql://USER:PASSWORD@HOST:PORT/DB``.
     database_url: str = ""
+    #: Connections kept open to PostgreSQL by each process.
+    database_pool_size: int = 10
     max_file_size: int = 10 << 30
     default_ttl: float = 3600.0
     max_ttl: float = DAY - 120.0
     purge_interval: float = 60.0
     #: Key-encryption keyring; empty means data_dir/keys/keyring.json.
     keyring_file: str = ""
+    #: Where key-encryption keys come from: "keyring" (a file shared by the
+    #: processes of one host) or "ratchet" (a forward-secure schedule each
+    #: machine keeps on its own disk; see docs/architecture.md).
+    key_schedule: str = "keyring"
+    #: Ratchet state; empty means data_dir/keys/ratchet.json.
+    ratchet_file: str = ""
+    #: Secret only the instances share, authenticating a ratchet hand-over.
+    cluster_secret_file: str = ""
+    #: Base URLs of live peers a new instance asks for the ratchet state.
+    join_peers: tuple[str, ...] = ()
     #: Ed25519 audit signing key; empty means data_dir/keys/audit-signing.pem.
     signing_key_file: str = ""
     #: Secret for signed download links; empty means data_dir/keys/link-signing.key.
@@ -175,6 +217,13 @@ class Settings:
 
     # ------------------------------------------------------------------ derived
     @property
+    def database_dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return "sqlite" if not self.database_url or self.database_url.startswith("sqlite") else (
+            "postgresql"
+        )
+
+    @property
     def database_path(self) -> Path:
         """The SQLite file, when the metadata database is SQLite."""
         url = self.database_url
@@ -182,7 +231,13 @@ class Settings:
             return self.data_dir / "filestore.db"
         if url.startswith("sqlite:///"):
             return Path(url[len("sqlite:///") :])
-        raise ConfigError("FILESTORE_DATABASE_URL: only sqlite:///PATH is supported")
+        raise ConfigError("FILESTORE_DATABASE_URL names no SQLite file")
+
+    @property
+    def ratchet_path(self) -> Path:
+        return (
+            Path(self.ratchet_file) if self.ratchet_file else self.data_dir / "keys" / "ratchet.json"
+        )
 
     @property
     def keyring_path(self) -> Path:
@@ -282,7 +337,10 @@ class Settings:
             )
         if self.batch_size % 16384 or self.batch_size <= 0:
             raise ConfigError("FILESTORE_BATCH_SIZE must be a positive multiple of 16384")
-        self.database_path  # noqa: B018 - raises ConfigError for unsupported URLs
+        if self.key_schedule == "ratchet" and not self.cluster_secret_file:
+            raise ConfigError(
+                "FILESTORE_CLUSTER_SECRET_FILE must be set when FILESTORE_KEY_SCHEDULE=ratchet"
+            )
         # --- S3 settings (issue 4)
         if self.storage == "s3":
             if not self.s3_bucket:
@@ -303,7 +361,12 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "port": _parse_port,
     "data_dir": lambda v: Path(str(v)),
     "storage": _parse_storage,
-    "database_url": str,
+    "database_url": _parse_database_url,
+    "database_pool_size": lambda v: _positive(int(v)),
+    "key_schedule": _parse_key_schedule,
+    "ratchet_file": str,
+    "cluster_secret_file": str,
+    "join_peers": _parse_peers,
     "max_file_size": parse_size,
     "default_ttl": parse_duration,
     "max_ttl": parse_duration,
