@@ -69,7 +69,7 @@ async def timed_pass(settings: Settings, runs: int) -> tuple[float, float]:
         bare, full = [], []
         for _ in range(runs):
             start = time.perf_counter()
-            await purge_pass(svc.metadata, svc.lifecycle.eraser, interval=60)
+            await purge_pass(svc.metadata.files, svc.lifecycle.eraser)
             bare.append(time.perf_counter() - start)
             start = time.perf_counter()
             await scheduler.run_pass()
@@ -99,7 +99,7 @@ async def main() -> None:
         populate(settings, args.expired, NOW - 10, kek)
         async with open_services(settings, ManualClock(NOW)) as svc:
             start = time.perf_counter()
-            report = await purge_pass(svc.metadata, svc.lifecycle.eraser, interval=60)
+            report = await purge_pass(svc.metadata.files, svc.lifecycle.eraser)
             elapsed = time.perf_counter() - start
         assert report.purged == args.expired, report
         print(

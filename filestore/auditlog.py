@@ -54,11 +54,11 @@ async def write_checkpoint(
     extended by the new records only, so a checkpoint costs O(new records)
     instead of reading the whole log.
     """
-    head = await metadata.audit_head()
+    head = await metadata.audit.head()
     size = 0 if head is None else head.seq
     if frontier is None or frontier.size > size:
         frontier = Frontier()
-    for leaf in await metadata.audit_hashes(size, after=frontier.size):
+    for leaf in await metadata.audit.hashes(size, after=frontier.size):
         frontier.append(leaf)
     checkpoint = Checkpoint(
         origin=origin,
@@ -68,7 +68,7 @@ async def write_checkpoint(
         time=now,
     )
     note = sign_checkpoint(checkpoint, key, KEY_NAME)
-    await metadata.add_checkpoint(size, note, now)
+    await metadata.audit.add_checkpoint(size, note, now)
     return size, note
 
 
@@ -80,8 +80,8 @@ REUSE_CHECKPOINT = 60.0
 async def _fresh_checkpoint(
     metadata: MetadataStore, key: Ed25519PrivateKey, origin: str, now: float
 ) -> tuple[int, str]:
-    latest = await metadata.latest_checkpoint()
-    head = await metadata.audit_head()
+    latest = await metadata.audit.latest_checkpoint()
+    head = await metadata.audit.head()
     if latest is not None:
         size, note = latest
         if size == (0 if head is None else head.seq) and (
@@ -113,14 +113,14 @@ async def export(
     size, newest = await _fresh_checkpoint(metadata, key, origin, now)
     if consistency_from is not None and not 0 <= consistency_from <= size:
         raise BadRequest(f"consistency_from must be between 0 and {size}")
-    span = await metadata.audit_seq_range(since, until, size)
+    span = await metadata.audit.seq_range(since, until, size)
     first, last = span if span is not None else (size + 1, size)
-    notes = await metadata.checkpoints_between(max(first - 1, 0), last)
+    notes = await metadata.audit.checkpoints_between(max(first - 1, 0), last)
     if newest not in notes:
         notes.append(newest)
     partial = since is not None or until is not None
     needs_leaves = first > 1 or consistency_from is not None or (partial and last < size)
-    leaves = await metadata.audit_hashes(size) if needs_leaves else None
+    leaves = await metadata.audit.hashes(size) if needs_leaves else None
     loop = asyncio.get_running_loop()
 
     def records() -> Iterator[AuditRecord]:
@@ -128,7 +128,7 @@ async def export(
         after = first - 1
         while after < last:
             page = asyncio.run_coroutine_threadsafe(
-                metadata.audit_range(after, min(PAGE, last - after)), loop
+                metadata.audit.records(after, min(PAGE, last - after)), loop
             ).result()
             if not page:
                 return
@@ -154,13 +154,13 @@ async def export(
 async def receipt(metadata: MetadataStore, file_id: str) -> dict[str, Any] | None:
     """The deletion receipt of one file (record, inclusion proof, signed
     checkpoint), or None if its deletion is not yet under a checkpoint."""
-    record = await metadata.audit_record_for(file_id)
+    record = await metadata.audit.record_for_file(file_id)
     if record is None:
         return None
-    covering = await metadata.checkpoint_covering(record.seq)
+    covering = await metadata.audit.checkpoint_covering(record.seq)
     if covering is None:
         return None
     size, note = covering
-    leaves = await metadata.audit_hashes(size)
+    leaves = await metadata.audit.hashes(size)
     # The proof is O(log size) to send but O(size) to compute: off the loop.
     return await asyncio.to_thread(make_receipt, record, note, leaves=leaves)

@@ -64,7 +64,7 @@ async def create_key(
         created_at=now,
         label=label,
     )
-    await store.add_api_key(record)
+    await store.api_keys.add(record)
     return f"fs_{key_id}_{secret}", record
 
 
@@ -81,7 +81,7 @@ async def authenticate(store: MetadataStore, authorization: str | None) -> Princ
     if scheme.lower() != "bearer" or not match:
         raise AuthError("the API key is malformed or unknown")
     key_id, secret = match.groups()
-    record = await store.get_api_key(key_id)
+    record = await store.api_keys.get(key_id)
     if record is None or record.revoked_at is not None:
         raise AuthError("the API key is malformed or unknown")
     if not hmac.compare_digest(record.secret_hash, _hash(secret)):

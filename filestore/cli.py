@@ -187,7 +187,7 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> None:
             print(key)
         elif args.keys_command == "list":
             print(f"{'KEY ID':<14}{'ROLE':<10}{'TENANT':<20}{'CREATED':<22}{'STATE':<9}LABEL")
-            for rec in await store.list_api_keys():
+            for rec in await store.api_keys.all():
                 created = datetime.fromtimestamp(rec.created_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
                 state = "revoked" if rec.revoked_at is not None else "active"
                 print(
@@ -195,7 +195,7 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> None:
                     f"{rec.label}"
                 )
         elif args.keys_command == "revoke":
-            if not await store.revoke_api_key(args.key_id, SystemClock().now()):
+            if not await store.api_keys.revoke(args.key_id, SystemClock().now()):
                 raise ConfigError(f"no active key with id {args.key_id!r}")
             print(f"Revoked key {args.key_id}.")
     finally:

@@ -235,9 +235,9 @@ class Settings:
 
     @property
     def ratchet_path(self) -> Path:
-        return (
-            Path(self.ratchet_file) if self.ratchet_file else self.data_dir / "keys" / "ratchet.json"
-        )
+        if self.ratchet_file:
+            return Path(self.ratchet_file)
+        return self.data_dir / "keys" / "ratchet.json"
 
     @property
     def keyring_path(self) -> Path:

@@ -5,8 +5,12 @@ there is one order of steps and one audit path:
 
 1. the caller holds the lease on each file (``purging``, reason recorded);
 2. **crypto-erase**: the key rows and sealed fields of the whole batch are
-   deleted and made durable in one transaction (SQLite: WAL truncated) —
-   from here the ciphertext is unreadable even if a later step fails;
+   deleted and made durable in one transaction — from here the ciphertext is
+   unreadable even if a later step fails — and the database is asked to drop
+   the old bytes from its files (SQLite: truncate the WAL; PostgreSQL: vacuum
+   the key table). If something outside filestore blocks that, the deletion
+   goes on (the key row is gone; the epoch's KEK destruction covers the
+   residue) and the report says so;
 3. each blob is deleted and verified gone (a few at a time);
 4. in one transaction: an audit record per file and ``purged``.
 
@@ -21,13 +25,15 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from filestore import __version__, ids
+from filestore.audit import entries
+from filestore.audit.entries import AuditEntry
 from filestore.audit.records import AuditRecord
 from filestore.clock import Clock
 from filestore.errors import FilestoreError, StorageUnavailable
-from filestore.metadata.base import DeleteReason, FileRecord, MetadataStore
+from filestore.metadata import rules
+from filestore.metadata.base import DeleteReason, FileRecord, FileStore
 from filestore.storage.base import BlobStore
 
 log = logging.getLogger(__name__)
@@ -38,7 +44,6 @@ log = logging.getLogger(__name__)
 DEFAULT_LEASE = 60.0
 #: Blob deletions in flight at once.
 BLOB_CONCURRENCY = 8
-METHOD = "crypto_erase+delete"
 
 #: Test hook: awaited after each step with the step's name.
 StepHook = Callable[[str], Awaitable[None]]
@@ -51,6 +56,8 @@ class ErasureReport:
 
     purged: list[AuditRecord] = field(default_factory=list)
     failed: list[tuple[FileRecord, FilestoreError]] = field(default_factory=list)
+    #: Set when the database could not drop the erased bytes from its files.
+    reclaim_blocked: str | None = None
 
 
 class Eraser:
@@ -58,15 +65,17 @@ class Eraser:
 
     def __init__(
         self,
-        metadata: MetadataStore,
+        files: FileStore,
         blobs: BlobStore,
         clock: Clock,
         instance: str,
         after_step: StepHook | None = None,
         lease: float = DEFAULT_LEASE,
+        interval: float = DEFAULT_LEASE,
     ) -> None:
         self.lease_seconds = lease
-        self.metadata = metadata
+        self.interval = interval
+        self.files = files
         self.blobs = blobs
         self.clock = clock
         self.instance = instance
@@ -80,7 +89,7 @@ class Eraser:
         """Step 1 for one file (DELETE, download limit); None if someone else
         holds it or it is already purged."""
         now = self.clock.now()
-        return await self.metadata.begin_delete(
+        return await self.files.begin_delete(
             file_id, reason, self.instance, now, now + self.lease_seconds
         )
 
@@ -96,7 +105,9 @@ class Eraser:
         if not records:
             return report
         await self._step("leased")
-        await self.metadata.crypto_erase([r.id for r in records])
+        await self.files.crypto_erase([r.id for r in records])
+        reclaimed = await self.files.reclaim()
+        report.reclaim_blocked = reclaimed.blocked_by
         await self._step("crypto_erased")
         limit = asyncio.Semaphore(BLOB_CONCURRENCY)
 
@@ -125,29 +136,38 @@ class Eraser:
                 )
                 report.failed.append((record, error))
         now = self.clock.now()
-        report.purged = await self.metadata.finish_delete(
-            [(r.id, self.audit_fields(r, now)) for r in done], self.instance, now
+        report.purged = await self.files.finish_delete(
+            [(r.id, self.audit_entry(r, now)) for r in done], self.instance, now
         )
         await self._step("finished")
         return report
 
-    def audit_fields(self, record: FileRecord, now: float) -> dict[str, Any]:
-        """The audit record of one deletion: lifecycle facts only — no name,
+    def audit_entry(self, record: FileRecord, now: float) -> AuditEntry:
+        """The audit entry of one deletion: lifecycle facts only — no name,
         content type, checksum, address or error text."""
-        return {
-            "event": "file_deleted",
-            "recorded_at": now,
-            "file_id": ids.to_text(record.id),
-            "tenant": record.tenant,
-            "size": record.size,
-            "created_at": record.created_at,
-            "expires_at": record.expires_at,
-            "deleted_at": now,
-            "reason": str(record.delete_reason or DeleteReason.EXPIRED),
-            "backend": self.blobs.name,
-            "method": METHOD,
-            "verification": {"key_erased": True, "blob_absent": True},
-            "kek_id": record.kek_id,
-            "actor": self.instance,
-            "software_version": __version__,
-        }
+        return entries.file_deleted(
+            file_id=ids.to_text(record.id),
+            tenant=record.tenant,
+            size=record.size,
+            created_at=record.created_at,
+            expires_at=record.expires_at,
+            deleted_at=now,
+            reason=str(record.delete_reason or DeleteReason.EXPIRED),
+            backend=self.blobs.name,
+            kek_id=record.kek_id,
+            actor=self.instance,
+            software_version=__version__,
+        )
+
+    async def hold_back(self, record: FileRecord, error: FilestoreError) -> None:
+        """Leave a failed deletion for a later pass: counted as failing and
+        retried after the backoff the rules give (also a DELETE that failed
+        before the file expired). If the database is down too, the lease
+        lapses instead and a later pass takes the file over."""
+        retry_at = self.clock.now() + rules.backoff(record.purge_attempts, self.interval)
+        try:
+            await self.files.record_failure(
+                record.id, self.instance, retry_at, type(error).__name__
+            )
+        except FilestoreError:
+            log.warning("could not record a failed deletion; its lease will lapse instead")

@@ -48,10 +48,10 @@ from filestore.errors import (
     Gone,
     IntegrityError,
     KeyNotFound,
-    NotFound,
     StorageUnavailable,
     TooLarge,
 )
+from filestore.metadata import rules
 from filestore.metadata.base import DeleteReason, FileKey, FileRecord, FileState, MetadataStore
 from filestore.pipeline import prefetch
 from filestore.storage.base import BlobStore
@@ -203,7 +203,14 @@ class Lifecycle:
         self.keyring = keyring
         self.clock = clock
         self.instance = instance or "gw-" + secrets.token_hex(4)
-        self.eraser = Eraser(metadata, blobs, clock, self.instance, lease=settings.purge_interval)
+        self.eraser = Eraser(
+            metadata.files,
+            blobs,
+            clock,
+            self.instance,
+            lease=settings.purge_interval,
+            interval=settings.purge_interval,
+        )
 
     # ------------------------------------------------------------------ upload
     def _ttl(self, requested: float | None) -> float:
@@ -240,7 +247,7 @@ class Lifecycle:
             expires_at=now + ttl,
             max_downloads=options.max_downloads,
         )
-        await self.metadata.create_upload(record, FileKey(file_id, kek_id, wrapped))
+        await self.metadata.files.create_upload(record, FileKey(file_id, kek_id, wrapped))
         try:
             size, digest = await self._write_blob(file_id, dek, kek_id, body)
             if options.expected_sha256 is not None and not hmac.compare_digest(
@@ -258,7 +265,7 @@ class Lifecycle:
                     "sha256": digest.hex(),
                 },
             )
-            await self.metadata.activate(file_id, size, sealed)
+            await self.metadata.files.activate(file_id, size, sealed)
         except BaseException:
             await _shielded(self._abandon(file_id))
             raise
@@ -329,7 +336,7 @@ class Lifecycle:
         """Forget a failed upload; leave it to the sweep if that fails too."""
         try:
             await self.blobs.delete(ids.blob_name(file_id))
-            await self.metadata.discard_upload(file_id)
+            await self.metadata.files.discard_upload(file_id)
         except FilestoreError:
             log.warning(
                 "could not clean up failed upload %s; the sweep will remove it",
@@ -339,18 +346,9 @@ class Lifecycle:
     # -------------------------------------------------------------------- read
     async def info(self, tenant: str, file_id: bytes) -> tuple[FileRecord, FileKey, bytes]:
         """The readable row, its key and the DEK, or NotFound/Gone."""
-        loaded = await self.metadata.load(file_id)
-        if loaded is None or loaded[0].tenant != tenant:
-            raise NotFound("no such file")
-        record, key = loaded
-        if record.state in (FileState.PURGING, FileState.PURGED):
-            raise Gone("the file was deleted")
-        if record.state != FileState.ACTIVE or key is None:
-            raise NotFound("no such file")
-        if self.clock.now() >= record.expires_at:
-            raise Gone("the file has expired")
-        if record.max_downloads is not None and record.downloads >= record.max_downloads:
-            raise Gone("the file reached its download limit")
+        record, key = rules.readable(
+            await self.metadata.files.load(file_id), tenant, self.clock.now()
+        )
         try:
             dek = self.keyring.unwrap(key.kek_id, file_id, key.wrapped)
         except KeyNotFound:
@@ -411,7 +409,7 @@ class Lifecycle:
     async def record_download(self, file_id: bytes) -> int:
         """Count one download atomically; Gone if the file expired or hit its
         limit since it was opened. Returns the count including this one."""
-        count = await self.metadata.count_download(file_id, self.clock.now())
+        count = await self.metadata.files.count_download(file_id, self.clock.now())
         if count is None:
             raise Gone("the file expired or reached its download limit")
         return count
@@ -420,10 +418,9 @@ class Lifecycle:
     async def delete(self, tenant: str, file_id: bytes) -> bool:
         """A client's early deletion. Returns False if another worker is
         already deleting it (the caller may answer 202)."""
-        loaded = await self.metadata.load(file_id)
-        if loaded is None or loaded[0].tenant != tenant:
-            raise NotFound("no such file")
-        if loaded[0].state == FileState.PURGED:
+        loaded = await self.metadata.files.load(file_id)
+        record = rules.visible(loaded[0] if loaded else None, tenant)
+        if record.state == FileState.PURGED:
             raise Gone("the file was already deleted")
         return await self.secure_delete(file_id, DeleteReason.CLIENT_REQUEST)
 
@@ -439,23 +436,12 @@ class Lifecycle:
         try:
             report = await self.eraser.erase([record])
         except FilestoreError as exc:
-            await self._hold_for_purge(record, exc)
+            await self.eraser.hold_back(record, exc)
             raise
         if report.failed:
-            await self._hold_for_purge(record, report.failed[0][1])
+            await self.eraser.hold_back(record, report.failed[0][1])
             raise report.failed[0][1]
         return True
-
-    async def _hold_for_purge(self, record: FileRecord, error: FilestoreError) -> None:
-        """Leave a failed early deletion to the purge: counted as failing and
-        retried after one interval, even though the file has not expired."""
-        retry_at = self.clock.now() + self.settings.purge_interval
-        try:
-            await self.metadata.record_failure(
-                record.id, self.instance, retry_at, type(error).__name__
-            )
-        except FilestoreError:
-            log.warning("could not record a failed deletion; its lease will lapse instead")
 
 
 def _opt_str(value: object) -> str | None:

@@ -23,7 +23,7 @@ from filestore.crypto.links import LinkSigner, load_or_create_link_key
 from filestore.errors import ConfigError
 from filestore.lifecycle import Lifecycle
 from filestore.metadata.base import MetadataStore, Role
-from filestore.metadata.sqlite import SQLiteMetadataStore
+from filestore.metadata.sql import SQLMetadataStore
 from filestore.storage.base import BlobStore
 from filestore.storage.local import LocalBlobStore
 
@@ -45,7 +45,11 @@ class Services:
 
 
 async def open_metadata(settings: Settings) -> MetadataStore:
-    return await SQLiteMetadataStore.open(settings.database_path)
+    """The metadata database the settings name, migrated to this version."""
+    sqlite_path = settings.database_path if settings.database_dialect == "sqlite" else None
+    return await SQLMetadataStore.open(
+        settings.database_url, sqlite_path, pool_size=settings.database_pool_size
+    )
 
 
 async def open_blobs(settings: Settings) -> BlobStore:
@@ -84,7 +88,7 @@ async def ensure_first_key(services: Services) -> str | None:
 
     Returns the key (to be printed once) or None if keys already exist.
     """
-    if await services.metadata.list_api_keys():
+    if await services.metadata.api_keys.all():
         return None
     key, _record = await create_key(
         services.metadata, Role.CLIENT, "default", services.clock.now(), label="first key"

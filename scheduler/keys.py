@@ -21,6 +21,7 @@ import logging
 from dataclasses import dataclass, field
 
 from filestore import __version__
+from filestore.audit import entries as audit_entries
 from filestore.config import Settings
 from filestore.crypto import Keyring
 from filestore.erasure import Eraser
@@ -61,29 +62,20 @@ async def manage_keys(
     for (kek_id, _created), (_next_id, retired_at) in itertools.pairwise(entries):
         if kek_id == keyring.active_id or now < retired_at + destroy_after(settings):
             continue
-        if await metadata.count_keys(kek_id):
+        if await metadata.files.count_keys(kek_id):
             log.warning("KEK %d is due for destruction but still wraps live keys", kek_id)
             report.held_back.append(kek_id)
             continue
-        if await metadata.audit_record_for_kek(kek_id) is None:
-            await metadata.append_audit(
-                {
-                    "event": "kek_destroyed",
-                    "recorded_at": now,
-                    "file_id": None,
-                    "tenant": None,
-                    "size": None,
-                    "created_at": _created,
-                    "expires_at": None,
-                    "deleted_at": now,
-                    "reason": "kek_epoch_end",
-                    "backend": "keyring",
-                    "method": "destroy",
-                    "verification": {"no_keys_remaining": True},
-                    "kek_id": kek_id,
-                    "actor": eraser.instance,
-                    "software_version": __version__,
-                }
+        if await metadata.audit.record_for_kek(kek_id) is None:
+            await metadata.audit.append(
+                audit_entries.kek_destroyed(
+                    kek_id=kek_id,
+                    created_at=_created,
+                    destroyed_at=now,
+                    backend="keyring",
+                    actor=eraser.instance,
+                    software_version=__version__,
+                )
             )
         try:
             await asyncio.to_thread(keyring.destroy, kek_id)

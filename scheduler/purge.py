@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from filestore.erasure import Eraser
 from filestore.errors import FilestoreError
-from filestore.metadata.base import DeleteReason, FileRecord, MetadataStore
+from filestore.metadata.base import DeleteReason, FileStore
+from filestore.metadata.rules import backoff
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,6 @@ log = logging.getLogger(__name__)
 BATCH_SIZE = 500
 #: Upper bound on batches per pass, so one pass always ends.
 MAX_BATCHES = 1000
-#: Longest wait before a failed file is retried.
-MAX_BACKOFF = 600.0
 
 
 @dataclass
@@ -44,6 +43,9 @@ class PassReport:
     max_overdue: float = 0.0
     #: Set when the pass itself could not run (e.g. the database is down).
     error: str | None = None
+    #: Set when erased key bytes could not yet be dropped from the database's
+    #: files (``wal_busy``: a reader outside filestore pins the SQLite WAL).
+    reclaim_blocked: str | None = None
 
     def _fail(self, error: FilestoreError, count: int = 1) -> None:
         name = type(error).__name__
@@ -51,32 +53,13 @@ class PassReport:
         self.failures[name] = self.failures.get(name, 0) + count
 
 
-def backoff(attempts: int, interval: float) -> float:
-    """Seconds to wait after the ``attempts``-th failure: doubling from one
-    purge interval, capped at :data:`MAX_BACKOFF`."""
-    return float(min(interval * 2 ** min(attempts, 20), MAX_BACKOFF))
-
-
-async def _hold_back(
-    metadata: MetadataStore,
-    eraser: Eraser,
-    record: FileRecord,
-    error: FilestoreError,
-    interval: float,
-) -> None:
-    retry_at = eraser.clock.now() + backoff(record.purge_attempts, interval)
-    try:
-        await metadata.record_failure(record.id, eraser.instance, retry_at, type(error).__name__)
-    except FilestoreError:
-        # The database is down too: the lease lapses and a later pass retries.
-        log.warning("could not record a purge failure; the lease will lapse instead")
+__all__ = ["PassReport", "backoff", "purge_pass"]
 
 
 async def purge_pass(
-    metadata: MetadataStore,
+    files: FileStore,
     eraser: Eraser,
     *,
-    interval: float,
     batch_size: int = BATCH_SIZE,
     max_batches: int = MAX_BATCHES,
 ) -> PassReport:
@@ -89,7 +72,7 @@ async def purge_pass(
     for _ in range(max_batches):
         now = clock.now()
         try:
-            batch = await metadata.claim_expired(
+            batch = await files.claim_expired(
                 now, batch_size, eraser.instance, now + eraser.lease_seconds
             )
         except FilestoreError as exc:
@@ -105,11 +88,12 @@ async def purge_pass(
             # Crypto-erase of the batch failed: nothing changed state.
             report._fail(exc, len(batch))
             for record in batch:
-                await _hold_back(metadata, eraser, record, exc, interval)
+                await eraser.hold_back(record, exc)
             continue
         for record, error in result.failed:
             report._fail(error)
-            await _hold_back(metadata, eraser, record, error, interval)
+            await eraser.hold_back(record, error)
+        report.reclaim_blocked = result.reclaim_blocked or report.reclaim_blocked
         report.purged += len(result.purged)
         for audit in result.purged:
             if audit.reason == DeleteReason.EXPIRED and audit.expires_at is not None:

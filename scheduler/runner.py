@@ -84,12 +84,7 @@ class PurgeScheduler:
         svc = self.services
         settings = svc.settings
         eraser = svc.lifecycle.eraser
-        report = await purge_pass(
-            svc.metadata,
-            eraser,
-            interval=settings.purge_interval,
-            batch_size=settings.purge_batch_size,
-        )
+        report = await purge_pass(svc.metadata.files, eraser, batch_size=settings.purge_batch_size)
         status = self.status
         errors: list[str] = [report.error] if report.error else []
 

@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass
 
 from filestore import __version__, ids
+from filestore.audit import entries
 from filestore.erasure import Eraser
 from filestore.errors import FilestoreError, StorageUnavailable
 from filestore.metadata.base import DeleteReason, MetadataStore
@@ -40,8 +41,8 @@ async def sweep_stuck_uploads(
 ) -> SweepReport:
     report = SweepReport()
     now = eraser.clock.now()
-    for record in await metadata.stuck_uploads(now - grace, limit):
-        leased = await metadata.begin_delete(
+    for record in await metadata.files.stuck_uploads(now - grace, limit):
+        leased = await metadata.files.begin_delete(
             record.id, DeleteReason.ORPHAN, eraser.instance, now, now + eraser.lease_seconds
         )
         if leased is None:
@@ -80,7 +81,7 @@ async def _remove_orphans(
     report: SweepReport,
 ) -> None:
     by_id = {bytes.fromhex(name): name for name in dict.fromkeys(names)}
-    live = await metadata.live_ids(list(by_id))
+    live = await metadata.files.live_ids(list(by_id))
     for file_id, name in by_id.items():
         if file_id in live:
             continue
@@ -93,25 +94,14 @@ async def _remove_orphans(
             report.failed += 1
             continue
         text_id = ids.to_text(file_id)
-        if await metadata.audit_record_for(text_id) is None:
-            now = eraser.clock.now()
-            await metadata.append_audit(
-                {
-                    "event": "file_deleted",
-                    "recorded_at": now,
-                    "file_id": text_id,
-                    "tenant": None,
-                    "size": None,
-                    "created_at": None,
-                    "expires_at": None,
-                    "deleted_at": now,
-                    "reason": str(DeleteReason.ORPHAN),
-                    "backend": blobs.name,
-                    "method": "delete",
-                    "verification": {"blob_absent": True},
-                    "kek_id": None,
-                    "actor": eraser.instance,
-                    "software_version": __version__,
-                }
+        if await metadata.audit.record_for_file(text_id) is None:
+            await metadata.audit.append(
+                entries.orphan_deleted(
+                    file_id=text_id,
+                    deleted_at=eraser.clock.now(),
+                    backend=blobs.name,
+                    actor=eraser.instance,
+                    software_version=__version__,
+                )
             )
         report.orphan_blobs += 1

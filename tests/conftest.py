@@ -1,3 +1,11 @@
+"""Fixtures every suite shares.
+
+The metadata database is a parameter: ``metadata_backend`` runs a test once
+on SQLite and once on a real PostgreSQL (a throwaway cluster started once per
+session by ``tests.support.postgres``; those runs skip, saying why, where the
+binaries are missing). ``gateway`` is a running gateway on that backend.
+"""
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
@@ -5,10 +13,36 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.db import MetadataBackend
 from tests.support.gateway import Gateway, running_gateway
+
+pytest_plugins = ["tests.support.postgres"]
+
+METADATA_BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=METADATA_BACKENDS)
+def metadata_backend(request: pytest.FixtureRequest, tmp_path: Path) -> MetadataBackend:
+    if request.param == "sqlite":
+        path = tmp_path / "data" / "filestore.db"
+        return MetadataBackend(
+            "sqlite",
+            f"sqlite:///{path}",
+            lambda: sorted(path.parent.glob(path.name + "*")),
+        )
+    server = request.getfixturevalue("postgres")
+    url = request.getfixturevalue("pg_database_url")
+
+    def pg_files() -> list[Path] | None:
+        if server.data_dir is None:
+            return None
+        server.checkpoint()
+        return sorted(p for p in server.data_dir.rglob("*") if p.is_file())
+
+    return MetadataBackend("postgresql", url, pg_files)
 
 
 @pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
-    async with running_gateway(tmp_path) as gw:
+async def gateway(tmp_path: Path, metadata_backend: MetadataBackend) -> AsyncIterator[Gateway]:
+    async with running_gateway(tmp_path, database_url=metadata_backend.url) as gw:
         yield gw

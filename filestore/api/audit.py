@@ -20,6 +20,7 @@ from filestore.audit import verifier_key_string
 from filestore.clock import parse_time
 from filestore.crypto.signing import public_key_pem
 from filestore.errors import BadRequest, Conflict, NotFound
+from filestore.metadata import rules
 from filestore.metadata.base import FileState, Role
 
 routes = web.RouteTableDef()
@@ -89,7 +90,7 @@ async def deletions(request: web.Request) -> web.StreamResponse:
 @routes.get("/v1/audit/checkpoint")
 async def checkpoint(request: web.Request) -> web.Response:
     await principal(request, Role.AUDITOR)
-    latest = await services(request).metadata.latest_checkpoint()
+    latest = await services(request).metadata.audit.latest_checkpoint()
     if latest is None:
         raise NotFound("no checkpoint has been written yet")
     return web.Response(
@@ -116,10 +117,9 @@ async def file_receipt(request: web.Request) -> web.Response:
     who = await principal(request, Role.CLIENT)
     svc = services(request)
     file_id = ids.from_text(request.match_info["id"])
-    loaded = await svc.metadata.load(file_id)
-    if loaded is None or loaded[0].tenant != who.tenant:
-        raise NotFound("no such file")
-    if loaded[0].state != FileState.PURGED:
+    loaded = await svc.metadata.files.load(file_id)
+    record = rules.visible(loaded[0] if loaded else None, who.tenant)
+    if record.state != FileState.PURGED:
         raise Conflict("the file is not deleted yet; a receipt exists once it is purged")
     found = await auditlog.receipt(svc.metadata, ids.to_text(file_id))
     if found is None:

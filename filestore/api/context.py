@@ -25,7 +25,7 @@ async def reader_tenant(request: web.Request, file_id: bytes) -> str:
     if "Authorization" in request.headers or "signature" not in query:
         return (await principal(request, Role.CLIENT)).tenant
     svc = services(request)
-    loaded = await svc.metadata.load(file_id)
+    loaded = await svc.metadata.files.load(file_id)
     if loaded is None:
         raise NotFound("no such file")
     tenant = loaded[0].tenant

@@ -43,7 +43,7 @@ def _report(report: PassReport | None) -> dict[str, Any] | None:
 
 async def _stats(request: web.Request) -> PurgeStats | None:
     try:
-        return await services(request).metadata.purge_stats(services(request).clock.now())
+        return await services(request).metadata.files.purge_stats(services(request).clock.now())
     except FilestoreError:
         return None
 

@@ -1,23 +1,30 @@
-"""The contract between filestore and its metadata database.
+"""The contract between filestore and its metadata database, split by concern.
 
-The database holds the lifecycle of every file, its wrapped data key (in the
-narrow, insert-once ``file_keys`` table) and the API keys. Every backend passes
-the same contract tests. Backends raise
-:class:`filestore.errors.MetadataUnavailable` when the database cannot be
-reached or stays locked, translated at the boundary.
+* :class:`FileStore` — files, their wrapped keys and the deletion leases;
+* :class:`AuditStore` — the deletion log and its signed checkpoints;
+* :class:`ApiKeyStore` — the API keys;
+* :class:`MetadataStore` — one database holding the three, plus health.
+
+The rules of the lifecycle (which transitions are allowed, who may see a
+file, when a file is due, how retries back off, one audit record per file)
+are written once, in :mod:`filestore.metadata.rules`; a backend stores rows
+and takes locks, it does not decide. Every backend passes the same contract
+tests. Backends raise :class:`filestore.errors.MetadataUnavailable` when the
+database cannot be reached or stays locked, translated at the boundary.
 
 Lifecycle: ``uploading → active → purging → purged``. A ``purged`` row stays
 as a tombstone (no key, no sealed fields) so a later request for it can be
-answered 410 and a receipt can be found.
+answered 410 and a receipt can be found. See docs/architecture.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Protocol
 
+from filestore.audit.entries import AuditEntry
 from filestore.audit.records import AuditRecord
 
 
@@ -102,13 +109,39 @@ class PurgeStats:
     oldest_live_created: float | None = None
 
 
-#: Audit fields a caller supplies for one deletion; the store adds ``seq``,
-#: ``prev_hash`` and ``hash`` inside the transaction that marks it purged.
-AuditFields = Mapping[str, Any]
+@dataclass(frozen=True)
+class ReclaimReport:
+    """What a backend could do to remove erased key bytes from its files.
+
+    ``complete`` is False when something outside filestore kept the
+    database from dropping the old bytes (on SQLite an open read
+    transaction pins the WAL); the purge shows it in the status and metrics
+    and tries again next pass. KEK destruction covers whatever is left.
+    """
+
+    complete: bool
+    #: Short machine token of what got in the way (``wal_busy``), or None.
+    blocked_by: str | None = None
 
 
-class MetadataStore(Protocol):
-    """What every metadata backend must do. All methods are atomic."""
+@dataclass(frozen=True)
+class InstanceStatus:
+    """One instance's last purge pass, as it reported it to the database."""
+
+    instance: str
+    started_at: float
+    finished_at: float
+    purged: int
+    failed: int
+    max_overdue: float
+    error: str | None
+    reclaim_blocked: str | None
+
+
+
+class FileStore(Protocol):
+    """Files, their wrapped keys and the deletion leases. Each method is one
+    transaction."""
 
     # ------------------------------------------------------------ uploads
     async def create_upload(self, record: FileRecord, key: FileKey) -> None:
@@ -131,8 +164,8 @@ class MetadataStore(Protocol):
         """The row and its key (None once erased), or None if no such row."""
 
     async def count_download(self, file_id: bytes, now: float) -> int | None:
-        """Atomically count one download of an active, unexpired file that is
-        below its download limit; return the new count, or None if refused."""
+        """Atomically count one download of a file the rules still let be
+        downloaded; return the new count, or None if refused."""
 
     # ----------------------------------------------------------- deletion
     async def begin_delete(
@@ -143,40 +176,34 @@ class MetadataStore(Protocol):
         now: float,
         lease_until: float,
     ) -> FileRecord | None:
-        """Take the lease on a file for secure deletion.
-
-        Moves ``active``/``uploading`` to ``purging`` recording ``reason``, or
-        takes over a ``purging`` row whose lease expired (or that ``owner``
-        already holds). Returns the updated row, or None if the row is missing,
-        already purged, or leased by someone else.
-        """
+        """Take the lease on a file for secure deletion, if the rules allow
+        (``rules.may_lease``). Returns the updated row, or None if the row is
+        missing, already purged, or leased by someone else."""
 
     async def crypto_erase(self, file_ids: Sequence[bytes]) -> None:
-        """Delete the key rows and sealed fields of ``file_ids``, durably.
+        """Delete the key rows and sealed fields of ``file_ids`` and commit.
+        Idempotent. What stays in the database's own files afterwards is
+        :meth:`reclaim`'s business."""
 
-        When it returns, no copy of those wrapped keys is left in the live
-        database files (SQLite: the WAL is checkpointed and truncated).
-        Idempotent.
-        """
+    async def reclaim(self) -> ReclaimReport:
+        """Drop the bytes of erased keys from the database's files as far as
+        the database allows (SQLite: truncate the WAL; PostgreSQL: vacuum the
+        key table). Never waits long: a blocked attempt is reported."""
 
     async def finish_delete(
-        self, deletions: Sequence[tuple[bytes, AuditFields]], owner: str, now: float
+        self, deletions: Sequence[tuple[bytes, AuditEntry]], owner: str, now: float
     ) -> list[AuditRecord]:
         """In one transaction: for each file still ``purging`` under
-        ``owner``'s lease, mark it ``purged`` and append its audit record.
+        ``owner``'s lease, mark it ``purged`` and append its audit entry.
         Files no longer held are skipped. Returns the records appended."""
 
     # -------------------------------------------------------------- purge
     async def claim_expired(
         self, now: float, limit: int, owner: str, lease_until: float
     ) -> list[FileRecord]:
-        """Lease up to ``limit`` files due for purge, most overdue first.
-
-        Due means: ``expires_at <= now`` and not purged, not leased by a live
-        lease, and not waiting out a retry backoff. Claimed rows become
-        ``purging`` with reason ``expired`` unless a reason was recorded.
-        Cost grows with the number of due files, not with live ones.
-        """
+        """Lease up to ``limit`` files due for purge (``rules.due``), most
+        overdue first, skipping rows another instance is claiming right now.
+        Cost grows with the number of due files, not with live ones."""
 
     async def record_failure(self, file_id: bytes, owner: str, retry_at: float, error: str) -> None:
         """Count a failed attempt, release the lease and hold the file back
@@ -190,19 +217,33 @@ class MetadataStore(Protocol):
     async def live_ids(self, file_ids: Sequence[bytes]) -> set[bytes]:
         """Which of ``file_ids`` have a row that is not purged."""
 
-    # -------------------------------------------------------------- audit
     async def count_keys(self, kek_id: int) -> int:
         """How many file keys are still wrapped under ``kek_id``."""
 
-    async def append_audit(self, fields: AuditFields) -> AuditRecord:
-        """Append one record that marks no file row (a KEK destruction, an
-        orphan blob without a row). If that file's deletion or that KEK's
-        destruction is already on record, return the existing record
-        instead: one record each, whoever races."""
+    async def keys_wrapped_under(self, kek_id: int, limit: int) -> list[bytes]:
+        """Ids of files whose key is still wrapped under ``kek_id``."""
 
-    async def audit_head(self) -> AuditRecord | None: ...
+    # ---------------------------------------------------------- instances
+    async def report_pass(self, status: InstanceStatus) -> None:
+        """Record an instance's last pass, for the cluster-wide status."""
 
-    async def audit_range(
+    async def instance_passes(self) -> list[InstanceStatus]:
+        """Every instance's last reported pass, newest first."""
+
+
+class AuditStore(Protocol):
+    """The deletion log and its checkpoints. Appends are serialised across
+    every instance sharing the database: one chain, no gap, no fork."""
+
+    async def append(self, entry: AuditEntry) -> AuditRecord:
+        """Append one entry that marks no file row (a KEK destruction, an
+        orphan blob without a row). If an entry with the same identity is
+        already on record, return that record instead: one each, whoever
+        races."""
+
+    async def head(self) -> AuditRecord | None: ...
+
+    async def records(
         self,
         after_seq: int,
         limit: int,
@@ -212,16 +253,16 @@ class MetadataStore(Protocol):
         """Records with ``seq > after_seq`` in order, optionally only those
         recorded in ``[since, until)``."""
 
-    async def audit_hashes(self, size: int, after: int = 0) -> list[bytes]:
+    async def hashes(self, size: int, after: int = 0) -> list[bytes]:
         """The raw hashes of records ``after+1 .. size``, the Merkle tree's
         leaves (all of them with the default ``after``)."""
 
-    async def audit_record_for(self, file_id: str) -> AuditRecord | None: ...
+    async def record_for_file(self, file_id: str) -> AuditRecord | None: ...
 
-    async def audit_record_for_kek(self, kek_id: int) -> AuditRecord | None:
+    async def record_for_kek(self, kek_id: int) -> AuditRecord | None:
         """The record of a KEK's destruction, if any."""
 
-    async def audit_seq_range(
+    async def seq_range(
         self, since: float | None, until: float | None, upto: int
     ) -> tuple[int, int] | None:
         """The first and last ``seq`` (at most ``upto``) of records recorded
@@ -239,17 +280,36 @@ class MetadataStore(Protocol):
     async def checkpoint_covering(self, size: int) -> tuple[int, str] | None:
         """The first checkpoint whose tree holds at least ``size`` records."""
 
-    # ----------------------------------------------------------- API keys
-    async def add_api_key(self, key: ApiKeyRecord) -> None: ...
 
-    async def get_api_key(self, key_id: str) -> ApiKeyRecord | None: ...
+class ApiKeyStore(Protocol):
+    """API keys, stored as hashes of their secrets."""
 
-    async def list_api_keys(self) -> list[ApiKeyRecord]: ...
+    async def add(self, key: ApiKeyRecord) -> None: ...
 
-    async def revoke_api_key(self, key_id: str, now: float) -> bool:
+    async def get(self, key_id: str) -> ApiKeyRecord | None: ...
+
+    async def all(self) -> list[ApiKeyRecord]: ...
+
+    async def revoke(self, key_id: str, now: float) -> bool:
         """Mark a key revoked; returns False if there is no such live key."""
 
-    # -------------------------------------------------------------- admin
+
+class MetadataStore(Protocol):
+    """One metadata database: the three stores above, and its health."""
+
+    @property
+    def name(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+
+    @property
+    def files(self) -> FileStore: ...
+
+    @property
+    def audit(self) -> AuditStore: ...
+
+    @property
+    def api_keys(self) -> ApiKeyStore: ...
+
     async def check(self) -> None:
         """Raise MetadataUnavailable unless the database answers."""
 

@@ -18,9 +18,8 @@ import errno
 import io
 import json
 import os
-import sqlite3
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,8 @@ import pytest
 import filestore.storage.local as local_storage
 from filestore import ids
 from filestore.crypto import CHUNK_SIZE, ENC_CHUNK_SIZE, PREFIX_SIZE, chunk_span
+from tests.support import db
+from tests.support.db import MetadataBackend
 from tests.support.gateway import Gateway, running_gateway
 
 PROBLEM = "application/problem+json"
@@ -62,11 +63,10 @@ def assert_retry_after(headers: Any) -> None:
     assert value is not None and value.isdigit() and int(value) > 0, dict(headers)
 
 
-def db_state(gw: Gateway) -> dict[str, Any]:
+async def db_state(gw: Gateway) -> dict[str, Any]:
     """Rows of ``files`` (hex id → state) and the number of ``file_keys``."""
-    with contextlib.closing(sqlite3.connect(gw.settings.database_path)) as conn:
-        rows = dict(conn.execute("SELECT lower(hex(id)), state FROM files").fetchall())
-        keys = conn.execute("SELECT count(*) FROM file_keys").fetchone()[0]
+    rows = {fid.hex(): state for fid, state in (await db.file_states(gw.services)).items()}
+    keys = await db.scalar(gw.services, "SELECT count(*) FROM file_keys")
     return {"files": rows, "file_keys": keys}
 
 
@@ -76,22 +76,26 @@ def stored_files(gw: Gateway) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
-def leftovers(gw: Gateway) -> dict[str, Any]:
-    return {"stored": stored_files(gw), **db_state(gw)}
+async def leftovers(gw: Gateway) -> dict[str, Any]:
+    return {"stored": stored_files(gw), **(await db_state(gw))}
+
+
+async def _is_clean(gw: Gateway) -> bool:
+    return await leftovers(gw) == NOTHING
 
 
 NOTHING = {"stored": [], "files": {}, "file_keys": 0}
 
 
 async def eventually(
-    predicate: Callable[[], bool], what: str, *, limit: float = 5.0, step: float = 0.02
+    predicate: Callable[[], Awaitable[bool]], what: str, *, limit: float = 5.0, step: float = 0.02
 ) -> None:
     """Poll ``predicate`` until it holds, for at most ``limit`` seconds."""
     for _ in range(int(limit / step)):
-        if predicate():
+        if await predicate():
             return
         await asyncio.sleep(step)
-    assert predicate(), f"still not true after {limit} s: {what}"
+    assert await predicate(), f"still not true after {limit} s: {what}"
 
 
 def text_id(hex_id: str) -> str:
@@ -228,19 +232,19 @@ def partial_upload(kind: str, key: str, declared: int, sent: int) -> bytes:
     return upload_head(key, content_type=form_type, length=declared) + part + data
 
 
-def upload_in_progress(gw: Gateway) -> bool:
+async def upload_in_progress(gw: Gateway) -> bool:
     """A row is ``uploading`` and its part file exists: the server is reading
     the body."""
     tmp = gw.settings.storage_dir / "tmp"
-    return "uploading" in db_state(gw)["files"].values() and any(tmp.glob("*.part"))
+    return "uploading" in (await db_state(gw))["files"].values() and any(tmp.glob("*.part"))
 
 
 # ---------------------------------------------------------- slow clients
 @pytest.mark.parametrize(("kind", "sent"), [("raw", 30_000), ("raw", 0), ("multipart", 30_000)])
 async def test_stalled_client_gets_408_and_leaves_nothing(
-    tmp_path: Path, kind: str, sent: int
+    tmp_path: Path, kind: str, sent: int, metadata_backend: MetadataBackend
 ) -> None:
-    async with running_gateway(tmp_path, read_timeout=0.3) as gw:
+    async with running_gateway(tmp_path, database_url=metadata_backend.url, read_timeout=0.3) as gw:
         key = await gw.key()
         async with raw_connection(gw) as (reader, writer):
             writer.write(partial_upload(kind, key, declared=100_000, sent=sent))
@@ -249,16 +253,16 @@ async def test_stalled_client_gets_408_and_leaves_nothing(
             resp = await read_response(reader)
         check_problem(resp.status, resp.headers, resp.body, 408, "request-timeout")
         # The 408 leaves only after the failed upload was cleaned up.
-        assert leftovers(gw) == NOTHING
+        assert await leftovers(gw) == NOTHING
         assert (await gw.upload(b"after the stall"))["size"] == 15
 
 
 @pytest.mark.parametrize("how", ["close", "reset"])
 @pytest.mark.parametrize("kind", ["raw", "multipart"])
 async def test_client_disconnect_mid_upload_leaves_nothing(
-    tmp_path: Path, kind: str, how: str
+    tmp_path: Path, kind: str, how: str, metadata_backend: MetadataBackend
 ) -> None:
-    async with running_gateway(tmp_path) as gw:
+    async with running_gateway(tmp_path, database_url=metadata_backend.url) as gw:
         key = await gw.key()
         async with raw_connection(gw) as (_reader, writer):
             writer.write(partial_upload(kind, key, declared=5_000_000, sent=200_000))
@@ -270,14 +274,18 @@ async def test_client_disconnect_mid_upload_leaves_nothing(
                 writer.transport.abort()
             else:
                 writer.close()
-        await eventually(lambda: leftovers(gw) == NOTHING, "the upload to be cleaned up")
+        await eventually(lambda: _is_clean(gw), "the upload to be cleaned up")
         assert (await gw.upload(b"after the disconnect"))["size"] == 20
 
 
 # ------------------------------------------------------------ oversize bodies
-async def test_oversize_chunked_body_is_cut_with_413(tmp_path: Path) -> None:
+async def test_oversize_chunked_body_is_cut_with_413(
+    tmp_path: Path, metadata_backend: MetadataBackend
+) -> None:
     limit = 100_000
-    async with running_gateway(tmp_path, max_file_size=limit) as gw:
+    async with running_gateway(
+        tmp_path, database_url=metadata_backend.url, max_file_size=limit
+    ) as gw:
 
         async def body() -> AsyncIterator[bytes]:
             for _ in range(200):  # 20 times the limit, with no Content-Length
@@ -287,15 +295,19 @@ async def test_oversize_chunked_body_is_cut_with_413(tmp_path: Path) -> None:
         assert resp.request_info.headers.get("Transfer-Encoding") == "chunked"
         doc = await assert_problem(resp, 413, "too-large")
         assert str(limit) in doc.get("detail", "")
-        assert leftovers(gw) == NOTHING
+        assert await leftovers(gw) == NOTHING
         # Exactly the limit is still accepted.
         assert (await gw.upload(os.urandom(limit)))["size"] == limit
 
 
-async def test_content_length_over_the_limit_is_413(tmp_path: Path) -> None:
+async def test_content_length_over_the_limit_is_413(
+    tmp_path: Path, metadata_backend: MetadataBackend
+) -> None:
     limit = 64 * 1024
     declared = 4 * limit
-    async with running_gateway(tmp_path, max_file_size=limit) as gw:
+    async with running_gateway(
+        tmp_path, database_url=metadata_backend.url, max_file_size=limit
+    ) as gw:
         key = await gw.key()
         async with raw_connection(gw) as (reader, writer):
             writer.write(upload_head(key, content_type="application/octet-stream", length=declared))
@@ -316,7 +328,7 @@ async def test_content_length_over_the_limit_is_413(tmp_path: Path) -> None:
                 with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                     await sender
         check_problem(resp.status, resp.headers, resp.body, 413, "too-large")
-        assert leftovers(gw) == NOTHING
+        assert await leftovers(gw) == NOTHING
 
 
 # ------------------------------------------------------ storage: uploads
@@ -326,9 +338,9 @@ async def test_content_length_over_the_limit_is_413(tmp_path: Path) -> None:
     ids=["write-ENOSPC", "fsync-EIO"],
 )
 async def test_storage_failure_during_upload_is_503_and_leaves_nothing(
-    tmp_path: Path, faulty_os: FaultyOS, call: str, code: int
+    tmp_path: Path, faulty_os: FaultyOS, call: str, code: int, metadata_backend: MetadataBackend
 ) -> None:
-    async with running_gateway(tmp_path) as gw:
+    async with running_gateway(tmp_path, database_url=metadata_backend.url) as gw:
         auth = await gw.auth()
         faulty_os.fail(call, code)
         resp = await gw.client.post("/v1/files", data=io.BytesIO(os.urandom(3 << 20)), headers=auth)
@@ -337,12 +349,14 @@ async def test_storage_failure_during_upload_is_503_and_leaves_nothing(
         assert faulty_os.fired[call] > 0
         faulty_os.heal()
         # The store could still remove what it wrote, so nothing is left.
-        assert leftovers(gw) == NOTHING
+        assert await leftovers(gw) == NOTHING
         assert (await gw.upload(b"after the outage"))["size"] == 16
 
 
-async def test_unusable_tmp_dir_is_503_and_nothing_readable(tmp_path: Path) -> None:
-    async with running_gateway(tmp_path) as gw:
+async def test_unusable_tmp_dir_is_503_and_nothing_readable(
+    tmp_path: Path, metadata_backend: MetadataBackend
+) -> None:
+    async with running_gateway(tmp_path, database_url=metadata_backend.url) as gw:
         auth = await gw.auth()
         tmp = gw.settings.storage_dir / "tmp"
         tmp.rmdir()
@@ -355,7 +369,7 @@ async def test_unusable_tmp_dir_is_503_and_nothing_readable(tmp_path: Path) -> N
         assert (await ready.json())["checks"]["storage"] == "failing"
         # Cleanup cannot reach storage either; any row left must be a
         # never-readable 'uploading' one (for the sweep), never 'active'.
-        state = db_state(gw)
+        state = await db_state(gw)
         assert set(state["files"].values()) <= {"uploading"}, state
         for hex_id in state["files"]:
             await assert_problem(await gw.get(text_id(hex_id)), 404, "not-found")
@@ -367,7 +381,9 @@ async def test_unusable_tmp_dir_is_503_and_nothing_readable(tmp_path: Path) -> N
 
 # ------------------------------------------------------ storage: downloads
 @pytest.mark.parametrize("fault", ["blob-removed", "blobs-dir-replaced"])
-async def test_storage_outage_during_download_is_503(tmp_path: Path, fault: str) -> None:
+async def test_storage_outage_during_download_is_503(
+    tmp_path: Path, fault: str, metadata_backend: MetadataBackend
+) -> None:
     """The row says the file is active and its key is there, but storage
     cannot produce the blob. That is not the client's mistake (a 404 would
     claim the file does not exist, which the metadata contradicts) and not
@@ -375,7 +391,7 @@ async def test_storage_outage_during_download_is_503(tmp_path: Path, fault: str)
     store is failing, so StorageUnavailable → 503 with Retry-After, and the
     same request succeeds once storage is back. A download limit is not spent
     on the failed attempt."""
-    async with running_gateway(tmp_path) as gw:
+    async with running_gateway(tmp_path, database_url=metadata_backend.url) as gw:
         data = os.urandom(70_000)
         meta = await gw.upload(data, params={"max_downloads": "1"})
         blob = blob_path(gw, meta["id"])
@@ -401,12 +417,12 @@ async def test_storage_outage_during_download_is_503(tmp_path: Path, fault: str)
 
 
 async def test_storage_failure_mid_download_aborts_the_body(
-    tmp_path: Path, faulty_os: FaultyOS
+    tmp_path: Path, faulty_os: FaultyOS, metadata_backend: MetadataBackend
 ) -> None:
     """Once 200 and its headers are out, a read error can no longer become an
     error answer: the connection must be cut so the client sees a broken
     body, never a body that ends cleanly with bytes missing or foreign."""
-    async with running_gateway(tmp_path) as gw:
+    async with running_gateway(tmp_path, database_url=metadata_backend.url) as gw:
         size = 3 * (1 << 20) + 5
         data = os.urandom(size)
         meta = await gw.upload(data)
@@ -441,9 +457,9 @@ async def test_storage_failure_mid_download_aborts_the_body(
 
 # ------------------------------------------------------ storage: deletion
 async def test_delete_with_failing_blob_removal_erases_then_resumes(
-    tmp_path: Path, faulty_os: FaultyOS
+    tmp_path: Path, faulty_os: FaultyOS, metadata_backend: MetadataBackend
 ) -> None:
-    async with running_gateway(tmp_path) as gw:
+    async with running_gateway(tmp_path, database_url=metadata_backend.url) as gw:
         auth = await gw.auth()
         meta = await gw.upload(os.urandom(40_000))
         url = f"/v1/files/{meta['id']}"
@@ -455,7 +471,7 @@ async def test_delete_with_failing_blob_removal_erases_then_resumes(
         assert_retry_after(first.headers)
         assert faulty_os.fired["unlink"] > 0
         assert blob.exists()  # the fault held: the ciphertext is still there,
-        state = db_state(gw)
+        state = await db_state(gw)
         assert state["file_keys"] == 0  # but its key is gone (crypto-erased)
         assert list(state["files"].values()) == ["purging"]
         await assert_problem(await gw.get(meta["id"]), 410, "gone")
@@ -467,12 +483,12 @@ async def test_delete_with_failing_blob_removal_erases_then_resumes(
         assert second.status == 204, await second.text()
         assert not blob.exists()
         assert stored_files(gw) == []
-        with contextlib.closing(sqlite3.connect(gw.settings.database_path)) as conn:
-            row = conn.execute("SELECT state, delete_reason, sealed FROM files").fetchall()
-            records = conn.execute(
-                "SELECT count(*) FROM audit_log WHERE file_id = ? AND event = 'file_deleted'",
-                (meta["id"],),
-            ).fetchone()[0]
+        row = await db.rows(gw.services, "SELECT state, delete_reason, sealed FROM files")
+        records = await db.scalar(
+            gw.services,
+            "SELECT count(*) FROM audit_log WHERE file_id = :id AND event = 'file_deleted'",
+            id=meta["id"],
+        )
         assert row == [("purged", "client_request", None)]
         assert records == 1
         await assert_problem(await gw.client.delete(url, headers=auth), 410, "gone")
@@ -480,8 +496,10 @@ async def test_delete_with_failing_blob_removal_erases_then_resumes(
 
 
 # ------------------------------------------------------------------ database
-async def test_database_outage_is_503_not_500(tmp_path: Path) -> None:
-    async with running_gateway(tmp_path) as gw:
+async def test_database_outage_is_503_not_500(
+    tmp_path: Path, metadata_backend: MetadataBackend
+) -> None:
+    async with running_gateway(tmp_path, database_url=metadata_backend.url) as gw:
         auth = await gw.auth()
         meta = await gw.upload(b"kept")
         url = f"/v1/files/{meta['id']}"
@@ -514,7 +532,7 @@ async def test_database_outage_is_503_not_500(tmp_path: Path) -> None:
 
 
 async def test_failed_early_delete_is_retried_by_the_purge(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, metadata_backend: MetadataBackend
 ) -> None:
     """A DELETE whose blob removal fails is counted as failing at once and
     finished by a purge pass after one interval, long before the file's own
@@ -522,7 +540,7 @@ async def test_failed_early_delete_is_retried_by_the_purge(
     from filestore.errors import StorageUnavailable
     from scheduler.runner import PurgeScheduler
 
-    async with running_gateway(tmp_path) as gw:
+    async with running_gateway(tmp_path, database_url=metadata_backend.url) as gw:
         svc = gw.services
         meta = await gw.upload(b"delete me", params={"ttl": "10h"})
         real_delete = svc.blobs.delete
@@ -534,11 +552,11 @@ async def test_failed_early_delete_is_retried_by_the_purge(
         resp = await gw.client.delete(f"/v1/files/{meta['id']}", headers=await gw.auth())
         assert resp.status == 503
         assert (await gw.get(meta["id"])).status == 410
-        stats = await svc.metadata.purge_stats(gw.clock.now())
+        stats = await svc.metadata.files.purge_stats(gw.clock.now())
         assert stats.failing == 1
         monkeypatch.setattr(svc.blobs, "delete", real_delete)
         gw.clock.advance(svc.settings.purge_interval)
         report = await PurgeScheduler(svc).run_pass()
         assert report.purged == 1
-        records = await svc.metadata.audit_range(0, 10)
+        records = await svc.metadata.audit.records(0, 10)
         assert [(r.file_id, r.reason) for r in records] == [(meta["id"], "client_request")]

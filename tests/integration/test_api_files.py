@@ -7,7 +7,6 @@ import base64
 import hashlib
 import io
 import os
-import sqlite3
 from pathlib import Path
 
 import aiohttp
@@ -15,6 +14,8 @@ import pytest
 
 from filestore.crypto import CHUNK_SIZE
 from filestore.metadata.base import Role
+from tests.support import db
+from tests.support.db import MetadataBackend
 from tests.support.gateway import Gateway, running_gateway
 
 PROBLEM = "application/problem+json"
@@ -183,27 +184,24 @@ async def test_head(gateway: Gateway) -> None:
     assert "X-Expires-At" in resp.headers and "Expires" in resp.headers
 
 
-async def test_size_limit_leaves_nothing(tmp_path: Path) -> None:
-    async with running_gateway(tmp_path, max_file_size=100_000) as gw:
+async def test_size_limit_leaves_nothing(tmp_path: Path, metadata_backend: MetadataBackend) -> None:
+    async with running_gateway(
+        tmp_path, max_file_size=100_000, database_url=metadata_backend.url
+    ) as gw:
         resp = await gw.client.post(
             "/v1/files", data=io.BytesIO(os.urandom(300_000)), headers=await gw.auth()
         )
         await assert_problem(resp, 413, "too-large")
         assert gw.blob_files() == []
-        assert _file_rows(gw) == 0
+        assert await _file_rows(gw) == 0
         ok = await gw.upload(os.urandom(100_000))
         assert ok["size"] == 100_000
 
 
-def _file_rows(gw: Gateway) -> int:
-    conn = sqlite3.connect(gw.settings.database_path)
-    try:
-        return int(
-            conn.execute("SELECT count(*) FROM files").fetchone()[0]
-            + conn.execute("SELECT count(*) FROM file_keys").fetchone()[0]
-        )
-    finally:
-        conn.close()
+async def _file_rows(gw: Gateway) -> int:
+    files = await db.scalar(gw.services, "SELECT count(*) FROM files")
+    keys = await db.scalar(gw.services, "SELECT count(*) FROM file_keys")
+    return int(files + keys)
 
 
 @pytest.mark.parametrize("header", ["Content-Digest", "X-Checksum-SHA256"])
@@ -217,14 +215,14 @@ async def test_checksum(gateway: Gateway, header: str) -> None:
     )
     meta = await gateway.upload(data, headers={header: good})
     assert meta["sha256"] == digest.hex()
-    rows = _file_rows(gateway)
+    rows = await _file_rows(gateway)
     blobs = gateway.blob_files()
     resp = await gateway.client.post(
         "/v1/files", data=data + b"!", headers={**(await gateway.auth()), header: good}
     )
     await assert_problem(resp, 422, "checksum-mismatch")
     assert gateway.blob_files() == blobs
-    assert _file_rows(gateway) == rows
+    assert await _file_rows(gateway) == rows
 
 
 @pytest.mark.parametrize(
@@ -253,7 +251,7 @@ async def test_bad_upload_options(
     )
     await assert_problem(resp, 400, "bad-request")
     assert gateway.blob_files() == []
-    assert _file_rows(gateway) == 0
+    assert await _file_rows(gateway) == 0
 
 
 async def test_expiry_is_read_from_the_clock(gateway: Gateway) -> None:
@@ -295,7 +293,7 @@ async def test_auth(gateway: Gateway) -> None:
     await assert_problem(await gateway.client.get(url, headers=ops), 403, "forbidden")
     key = await gateway.key()
     key_id = key.split("_")[1]
-    assert await gateway.services.metadata.revoke_api_key(key_id, gateway.clock.now())
+    assert await gateway.services.metadata.api_keys.revoke(key_id, gateway.clock.now())
     await assert_problem(await gateway.get(meta["id"]), 401, "unauthorized")
 
 
@@ -309,15 +307,10 @@ async def test_delete(gateway: Gateway) -> None:
     await assert_problem(await gateway.get(meta["id"]), 410, "gone")
     again = await gateway.client.delete(f"/v1/files/{meta['id']}", headers=await gateway.auth())
     await assert_problem(again, 410, "gone")
-    conn = sqlite3.connect(gateway.settings.database_path)
-    try:
-        assert conn.execute("SELECT count(*) FROM file_keys").fetchone()[0] == 0
-        state, reason, sealed = conn.execute(
-            "SELECT state, delete_reason, sealed FROM files"
-        ).fetchone()
-        assert (state, reason, sealed) == ("purged", "client_request", None)
-    finally:
-        conn.close()
+    assert await db.scalar(gateway.services, "SELECT count(*) FROM file_keys") == 0
+    assert await db.rows(gateway.services, "SELECT state, delete_reason, sealed FROM files") == [
+        ("purged", "client_request", None)
+    ]
 
 
 async def test_max_downloads(gateway: Gateway) -> None:
@@ -340,7 +333,9 @@ async def test_wrong_method_is_problem_405(gateway: Gateway) -> None:
     await assert_problem(resp, 405, "method-not-allowed")
 
 
-async def test_at_rest_nothing_in_clear(gateway: Gateway) -> None:
+async def test_at_rest_nothing_in_clear(
+    gateway: Gateway, metadata_backend: MetadataBackend
+) -> None:
     marker = b"PLAINTEXT-MARKER-" * 4000
     name = "very-private-name-4711.docx"
     await gateway.upload(marker, params={"filename": name})
@@ -348,8 +343,11 @@ async def test_at_rest_nothing_in_clear(gateway: Gateway) -> None:
     stored = blob.read_bytes()
     assert b"PLAINTEXT-MARKER" not in stored
     assert hashlib.sha256(marker).hexdigest().encode() not in stored
-    db_dir = gateway.settings.database_path.parent
-    for path in db_dir.glob("filestore.db*"):
+    files = metadata_backend.files()
+    if files is None:
+        pytest.skip("the database's files are on an external server")
+    assert files
+    for path in files:
         content = path.read_bytes()
         assert name.encode() not in content, path.name
         assert hashlib.sha256(marker).hexdigest().encode() not in content, path.name
@@ -558,10 +556,12 @@ async def test_expect_continue_refuses_before_the_body(gateway: Gateway) -> None
     assert head.startswith(b"HTTP/1.1 100 Continue")
 
 
-async def test_a_stalled_reader_is_cut_off(tmp_path: Path) -> None:
+async def test_a_stalled_reader_is_cut_off(
+    tmp_path: Path, metadata_backend: MetadataBackend
+) -> None:
     """A client that stops reading mid-download does not hold the stream
     (and the blob's bytes) open: after the idle timeout the server aborts."""
-    async with running_gateway(tmp_path, read_timeout=0.3) as gw:
+    async with running_gateway(tmp_path, database_url=metadata_backend.url, read_timeout=0.3) as gw:
         data = os.urandom(32 * (1 << 20))
         meta = await gw.upload(data)
         resp = await gw.get(meta["id"])

@@ -24,7 +24,6 @@ import base64
 import contextlib
 import gzip
 import json
-import sqlite3
 import string
 import urllib.parse
 from collections.abc import Mapping
@@ -39,6 +38,8 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from filestore.metadata.base import Role
+from tests.support import db
+from tests.support.db import MetadataBackend
 from tests.support.gateway import Gateway, running_gateway
 
 PROBLEM = "application/problem+json"
@@ -386,8 +387,10 @@ def _base(gw: Gateway) -> str:
     return f"http://{gw.client.server.host}:{gw.client.server.port}"
 
 
-async def test_random_requests_never_5xx_and_errors_are_problems(tmp_path: Path) -> None:
-    async with running_gateway(tmp_path) as gw:
+async def test_random_requests_never_5xx_and_errors_are_problems(
+    tmp_path: Path, metadata_backend: MetadataBackend
+) -> None:
+    async with running_gateway(tmp_path, database_url=metadata_backend.url) as gw:
         target = await _prepare(gw)
         loop = asyncio.get_running_loop()
         base = _base(gw)
@@ -418,7 +421,7 @@ async def test_random_requests_never_5xx_and_errors_are_problems(tmp_path: Path)
         # Bad input left no trace: no upload half-done, no blob without a
         # live row, no live row without its blob.
         assert _part_files(gw) == []
-        states = _states(gw)
+        states = await _states(gw)
         assert "uploading" not in states.values(), states
         active = {hex_id for hex_id, state in states.items() if state == "active"}
         assert _blob_names(gw) == active
@@ -440,10 +443,12 @@ def _operations(doc: Mapping[str, Any]) -> list[tuple[str, str, dict[str, Any]]]
     return ops
 
 
-async def test_every_documented_operation_with_garbage_parameters(tmp_path: Path) -> None:
+async def test_every_documented_operation_with_garbage_parameters(
+    tmp_path: Path, metadata_backend: MetadataBackend
+) -> None:
     """For each operation in ``/openapi.json``: valid keys of every role, with
     garbage in each path, query and header parameter it describes."""
-    async with running_gateway(tmp_path) as gw:
+    async with running_gateway(tmp_path, database_url=metadata_backend.url) as gw:
         target = await _prepare(gw)
         base = _base(gw)
         resp = await gw.client.get("/openapi.json")
@@ -484,9 +489,8 @@ async def test_every_documented_operation_with_garbage_parameters(tmp_path: Path
 
 
 # ------------------------------------------------ what the HTTP layer decides
-def _states(gw: Gateway) -> dict[str, str]:
-    with contextlib.closing(sqlite3.connect(gw.settings.database_path)) as conn:
-        return dict(conn.execute("SELECT lower(hex(id)), state FROM files").fetchall())
+async def _states(gw: Gateway) -> dict[str, str]:
+    return {fid.hex(): state for fid, state in (await db.file_states(gw.services)).items()}
 
 
 def _part_files(gw: Gateway) -> list[Path]:
@@ -588,7 +592,7 @@ async def test_corrupt_compressed_upload_is_400_and_leaves_nothing(gateway: Gate
     )
     assert reason is None, reason
     assert resp.status == 400
-    assert _states(gateway) == {}
+    assert await _states(gateway) == {}
     assert _part_files(gateway) == [] and _blob_names(gateway) == set()
 
 
@@ -605,7 +609,7 @@ async def test_compressed_upload_is_stored_decoded_or_refused(gateway: Gateway) 
     body = await resp.read()
     if resp.status == 415:
         assert _problem_or_reason(resp.status, resp.headers.get("Content-Type", ""), body) is None
-        assert _states(gateway) == {}
+        assert await _states(gateway) == {}
         return
     assert resp.status == 201, (resp.status, body[:300])
     meta = json.loads(body)
@@ -646,5 +650,5 @@ async def test_malformed_content_disposition_is_400(
     )
     assert reason is None, reason
     assert resp.status == 400
-    assert _states(gateway) == {}
+    assert await _states(gateway) == {}
     assert _part_files(gateway) == [] and _blob_names(gateway) == set()

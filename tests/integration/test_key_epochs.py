@@ -11,13 +11,14 @@ from filestore.errors import KeyNotFound
 from filestore.metadata.base import FileKey, FileRecord, FileState
 from scheduler.keys import destroy_after, manage_keys
 from scheduler.runner import PurgeScheduler
+from tests.support.db import MetadataBackend
 from tests.support.gateway import running_gateway
 
 HOUR = 3600.0
 
 
-async def test_rotation_and_destruction(tmp_path: Path) -> None:
-    async with running_gateway(tmp_path) as gw:
+async def test_rotation_and_destruction(tmp_path: Path, metadata_backend: MetadataBackend) -> None:
+    async with running_gateway(tmp_path, database_url=metadata_backend.url) as gw:
         svc = gw.services
         keyring = svc.keyring
         scheduler = PurgeScheduler(svc)
@@ -31,7 +32,7 @@ async def test_rotation_and_destruction(tmp_path: Path) -> None:
         second_kek = keyring.active_id
         assert second_kek != first_kek
         new = await gw.upload(b"under the second KEK")
-        loaded = await svc.metadata.load(ids.from_text(new["id"]))
+        loaded = await svc.metadata.files.load(ids.from_text(new["id"]))
         assert loaded is not None and loaded[0].kek_id == second_kek
         # Files under the old KEK are served until they expire.
         assert await (await gw.get(old["id"])).read() == b"under the first KEK"
@@ -46,7 +47,7 @@ async def test_rotation_and_destruction(tmp_path: Path) -> None:
         assert first_kek not in dict(keyring.entries())
         with pytest.raises(KeyNotFound):
             keyring.unwrap(first_kek, b"\0" * 16, b"\0" * 60)
-        records = await svc.metadata.audit_range(0, 1000)
+        records = await svc.metadata.audit.records(0, 1000)
         assert [r.kek_id for r in records if r.event == "kek_destroyed"] == [first_kek]
         # The file under it was purged first, on the record before the KEK.
         (old_record,) = [r for r in records if r.file_id == old["id"]]
@@ -54,18 +55,20 @@ async def test_rotation_and_destruction(tmp_path: Path) -> None:
         assert old_record.seq < kek_record.seq
         # A later pass neither destroys nor records it again.
         await scheduler.run_pass()
-        records = await svc.metadata.audit_range(0, 1000)
+        records = await svc.metadata.audit.records(0, 1000)
         assert [r.kek_id for r in records if r.event == "kek_destroyed"] == [first_kek]
 
 
-async def test_kek_held_back_while_a_key_still_uses_it(tmp_path: Path) -> None:
-    async with running_gateway(tmp_path) as gw:
+async def test_kek_held_back_while_a_key_still_uses_it(
+    tmp_path: Path, metadata_backend: MetadataBackend
+) -> None:
+    async with running_gateway(tmp_path, database_url=metadata_backend.url) as gw:
         svc = gw.services
         first_kek = svc.keyring.active_id
         fid = ids.new_file_id()
         now = gw.clock.now()
         # A key row under the first KEK whose file never got purged.
-        await svc.metadata.create_upload(
+        await svc.metadata.files.create_upload(
             FileRecord(fid, "acme", FileState.UPLOADING, first_kek, now, now + 60),
             FileKey(fid, first_kek, b"w" * 60),
         )
@@ -76,4 +79,4 @@ async def test_kek_held_back_while_a_key_still_uses_it(tmp_path: Path) -> None:
         report = await manage_keys(svc.keyring, svc.metadata, svc.lifecycle.eraser, svc.settings)
         assert report.held_back == [first_kek] and report.destroyed == []
         assert first_kek in dict(svc.keyring.entries())
-        assert await svc.metadata.audit_range(0, 10) == []
+        assert await svc.metadata.audit.records(0, 10) == []

@@ -13,16 +13,11 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-# pg_database_url_fixture and postgres_fixture are imported only so pytest
-# finds the fixtures until tests/conftest.py registers the plugin
-# (pytest_plugins = ["tests.support.postgres"]); remove those two then.
-from tests.support.postgres import (  # noqa: F401
+from tests.support.postgres import (
     NOT_FOUND,
     PostgresServer,
     PostgresUnavailable,
     find_bin_dir,
-    pg_database_url_fixture,
-    postgres_fixture,
 )
 
 

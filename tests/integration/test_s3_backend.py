@@ -17,7 +17,6 @@ import io
 import json
 import logging
 import os
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -32,6 +31,7 @@ from filestore.crypto import CHUNK_SIZE, ENC_CHUNK_SIZE, PREFIX_SIZE, ciphertext
 from filestore.errors import ConfigError, StorageUnavailable
 from filestore.storage.s3 import S3BlobStore, lifecycle_findings
 from scheduler.runner import PurgeScheduler
+from tests.support import db
 from tests.support.gateway import Gateway, running_gateway
 from tests.support.seaweed import SKIP_REASONS, SeaweedServer, SeaweedUnavailable
 
@@ -89,14 +89,12 @@ def key_of(file_id: str) -> str:
     return PREFIX + ids.blob_name(ids.from_text(file_id))
 
 
-def file_states(gw: Gateway) -> dict[str, str]:
-    with contextlib.closing(sqlite3.connect(gw.settings.database_path)) as conn:
-        rows = conn.execute("SELECT id, state FROM files").fetchall()
-    return {ids.to_text(bytes(fid)): state for fid, state in rows}
+async def file_states(gw: Gateway) -> dict[str, str]:
+    return {ids.to_text(fid): state for fid, state in (await db.file_states(gw.services)).items()}
 
 
 async def audit_ids(gw: Gateway) -> Counter[str]:
-    records = await gw.services.metadata.audit_range(0, 10_000)
+    records = await gw.services.metadata.audit.records(0, 10_000)
     return Counter(r.file_id for r in records if r.file_id is not None)
 
 
@@ -171,7 +169,7 @@ async def test_checksum(tmp_path: Path, s3_env: SeaweedServer, s3_bucket: str, s
         )
         assert resp.status == 422, await resp.text()
         assert leftovers(s3_env, s3_bucket) == NOTHING
-        assert file_states(gw) == {}
+        assert await file_states(gw) == {}
         meta = await gw.upload(data, headers={"X-Checksum-SHA256": digest.hex()})
         assert meta["sha256"] == digest.hex()
         assert await (await gw.get(meta["id"])).read() == data
@@ -187,7 +185,7 @@ async def test_size_limit_aborts_the_multipart_upload(
         assert resp.status == 413, await resp.text()
         # Two parts had gone up; the upload is aborted, not left to a lifecycle rule.
         assert leftovers(s3_env, s3_bucket) == NOTHING
-        assert file_states(gw) == {}
+        assert await file_states(gw) == {}
 
 
 # ------------------------------------------------------ versioned bucket
@@ -320,7 +318,7 @@ async def test_server_stopped_mid_upload(
                     async with asyncio.timeout(10):
                         while not leftovers(s3_env, s3_bucket)["uploads"]:
                             await asyncio.sleep(0.02)
-                    assert "uploading" in file_states(gw).values()
+                    assert "uploading" in (await file_states(gw)).values()
                     s3_env.kill()
                 yield os.urandom(MiB)
                 sent += MiB
@@ -330,7 +328,7 @@ async def test_server_stopped_mid_upload(
         assert resp.status == 503, await resp.text()
         assert resp.headers["Retry-After"].isdigit()
         assert time.monotonic() - started < 30
-        states = file_states(gw)
+        states = await file_states(gw)
         assert "active" not in states.values() and len(states) == 1
         (file_id,) = states
         # While it is down every operation fails quickly and says nothing of S3.
@@ -348,7 +346,7 @@ async def test_server_stopped_mid_upload(
         gw.clock.advance(gw.settings.upload_grace + 1)
         await PurgeScheduler(gw.services).run_pass()
         assert leftovers(s3_env, s3_bucket) == NOTHING
-        assert file_states(gw) == {file_id: "purged"}
+        assert await file_states(gw) == {file_id: "purged"}
         assert await audit_ids(gw) == Counter({file_id: 1})
 
 
@@ -372,7 +370,7 @@ async def test_server_stopped_during_a_purge_pass(
         eraser.after_step = None
         assert (report.claimed, report.purged, report.failed) == (3, 0, 3)
         assert report.failures == {"StorageUnavailable": 3}
-        assert set(file_states(gw).values()) == {"purging"}
+        assert set((await file_states(gw)).values()) == {"purging"}
         assert await audit_ids(gw) == Counter()
         for file_id in file_ids:
             assert (await gw.get(file_id)).status == 410
@@ -383,7 +381,7 @@ async def test_server_stopped_during_a_purge_pass(
         gw.clock.advance(600)
         report = await scheduler.run_pass()
         assert (report.purged, report.failed) == (3, 0)
-        assert set(file_states(gw).values()) == {"purged"}
+        assert set((await file_states(gw)).values()) == {"purged"}
         assert leftovers(s3_env, s3_bucket) == NOTHING
         assert await audit_ids(gw) == Counter(dict.fromkeys(file_ids, 1))
 
@@ -414,7 +412,7 @@ async def test_orphan_multipart_upload_is_aborted_by_the_sweep(
             "objects": sorted([PREFIX + "not-a-blob", key_of(live["id"])]),
             "versions": sorted([PREFIX + "not-a-blob", key_of(live["id"])]),
         }
-        records = await gw.services.metadata.audit_range(0, 100)
+        records = await gw.services.metadata.audit.records(0, 100)
         assert sorted((r.file_id, r.reason) for r in records) == sorted(
             [(ids.to_text(orphan_upload), "orphan"), (ids.to_text(orphan_object), "orphan")]
         )

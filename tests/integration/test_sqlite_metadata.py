@@ -1,82 +1,152 @@
-"""SQLite-specific promises: schema, pragmas, insert-once keys, no residue."""
+"""SQLite-specific promises: pragmas, the partial indexes in use, file mode,
+no key residue once the WAL is truncated, an outside reader that pins the WAL
+neither stalls requests nor hides, and old databases upgrading in place."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from filestore.errors import MetadataUnavailable
+from filestore.errors import ConfigError, MetadataUnavailable
 from filestore.metadata.base import DeleteReason, FileKey, FileRecord, FileState
-from filestore.metadata.sqlite import MIGRATIONS, SQLiteMetadataStore
+from filestore.metadata.migrate import head_revision
+from filestore.metadata.sql import SQLMetadataStore
+from tests.support import db
 
 NOW = 1_800_000_000.0
+LEGACY = Path(__file__).with_name("legacy_schema_v4.sql")
 
 
-async def test_schema_version_and_pragmas(tmp_path: Path) -> None:
+def _record(ttl: float = 5) -> FileRecord:
+    return FileRecord(secrets.token_bytes(16), "t", FileState.UPLOADING, 1, NOW, NOW + ttl)
+
+
+async def test_schema_pragmas_and_indexes(tmp_path: Path) -> None:
     path = tmp_path / "m.db"
-    store = await SQLiteMetadataStore.open(path)
-    await store.close()
-    conn = sqlite3.connect(path)
+    store = await SQLMetadataStore.open(f"sqlite:///{path}")
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert await db.scalar(store, "SELECT version_num FROM alembic_version") == (
+            head_revision()
+        )
+        assert await db.scalar(store, "PRAGMA journal_mode") == "wal"
+        assert await db.scalar(store, "PRAGMA secure_delete") == 1
         plan = " ".join(
             str(r)
-            for r in conn.execute(
+            for r in await db.rows(
+                store,
                 "EXPLAIN QUERY PLAN SELECT id FROM files WHERE state <> 'purged' "
-                "AND expires_at <= 5 ORDER BY expires_at"
+                "AND expires_at <= 5 ORDER BY expires_at",
             )
         )
         assert "files_live_expiry" in plan
     finally:
-        conn.close()
+        await store.close()
     assert path.stat().st_mode & 0o777 == 0o600
     # Re-opening migrates nothing and keeps data.
-    again = await SQLiteMetadataStore.open(path)
+    again = await SQLMetadataStore.open(f"sqlite:///{path}")
     await again.close()
 
 
-async def test_file_keys_are_insert_once(tmp_path: Path) -> None:
+async def test_crypto_erase_and_reclaim_leave_no_key_bytes(tmp_path: Path) -> None:
     path = tmp_path / "m.db"
-    store = await SQLiteMetadataStore.open(path)
-    rec = FileRecord(secrets.token_bytes(16), "t", FileState.UPLOADING, 1, NOW, NOW + 5)
-    await store.create_upload(rec, FileKey(rec.id, 1, b"k" * 60))
-    await store.close()
-    conn = sqlite3.connect(path)
+    store = await SQLMetadataStore.open(f"sqlite:///{path}")
     try:
-        with pytest.raises(sqlite3.IntegrityError, match="insert-once"):
-            conn.execute("UPDATE file_keys SET wrapped_dek = x'00'")
+        wrapped = secrets.token_bytes(60)
+        sealed = secrets.token_bytes(80)
+        rec = _record()
+        await store.files.create_upload(rec, FileKey(rec.id, 1, wrapped))
+        await store.files.activate(rec.id, 10, sealed)
+        # Before erasure the key is on disk somewhere (db or WAL).
+        blob = path.read_bytes() + (tmp_path / "m.db-wal").read_bytes()
+        assert wrapped in blob
+        assert await store.files.begin_delete(rec.id, DeleteReason.EXPIRED, "o", NOW, NOW + 9)
+        await store.files.crypto_erase([rec.id])
+        assert (await store.files.reclaim()).complete
+        for p in tmp_path.iterdir():
+            if p.name.startswith("m.db"):
+                data = p.read_bytes()
+                assert wrapped not in data, p.name
+                assert sealed not in data, p.name
+    finally:
+        await store.close()
+
+
+@contextlib.contextmanager
+def outside_reader(path: Path) -> Iterator[None]:
+    """A read transaction held open by another program (a backup job, the
+    ``sqlite3`` shell): it pins the WAL at its snapshot."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        conn.execute("SELECT count(*) FROM files").fetchone()
+        yield
     finally:
         conn.close()
 
 
-async def test_crypto_erase_leaves_no_key_bytes_in_db_or_wal(tmp_path: Path) -> None:
+async def test_a_pinned_wal_is_reported_and_blocks_no_request(tmp_path: Path) -> None:
     path = tmp_path / "m.db"
-    store = await SQLiteMetadataStore.open(path)
+    store = await SQLMetadataStore.open(f"sqlite:///{path}")
     try:
-        wrapped = secrets.token_bytes(60)
-        sealed = secrets.token_bytes(80)
-        rec = FileRecord(secrets.token_bytes(16), "t", FileState.UPLOADING, 1, NOW, NOW + 5)
-        await store.create_upload(rec, FileKey(rec.id, 1, wrapped))
-        await store.activate(rec.id, 10, sealed)
-        # Before erasure the key is on disk somewhere (db or WAL).
-        blob = path.read_bytes() + (tmp_path / "m.db-wal").read_bytes()
-        assert wrapped in blob
-        assert await store.begin_delete(rec.id, DeleteReason.EXPIRED, "o", NOW, NOW + 9)
-        await store.crypto_erase([rec.id])
-        files = [p for p in tmp_path.iterdir() if p.name.startswith("m.db")]
-        for p in files:
-            data = p.read_bytes()
-            assert wrapped not in data, p.name
-            assert sealed not in data, p.name
+        live = _record(ttl=3600)
+        await store.files.create_upload(live, FileKey(live.id, 1, b"w" * 60))
+        doomed = _record()
+        await store.files.create_upload(doomed, FileKey(doomed.id, 1, b"k" * 60))
+        with outside_reader(path):
+            assert await store.files.begin_delete(doomed.id, DeleteReason.EXPIRED, "o", NOW, NOW)
+            await store.files.crypto_erase([doomed.id])
+            reclaim = asyncio.ensure_future(store.files.reclaim())
+            # While the truncation retries, the database thread serves others.
+            loaded = await store.files.load(live.id)
+            assert loaded is not None and not reclaim.done()
+            report = await reclaim
+            assert (report.complete, report.blocked_by) == (False, "wal_busy")
+        # The reader is gone: the next attempt completes.
+        assert (await store.files.reclaim()).complete
     finally:
         await store.close()
+
+
+async def test_legacy_database_upgrades_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    try:
+        conn.executescript(LEGACY.read_text())
+        conn.execute("PRAGMA user_version=4")
+        conn.execute(
+            "INSERT INTO api_keys (key_id, secret_hash, role, tenant, created_at) "
+            "VALUES ('abcdef012345', x'00', 'client', 'acme', 1)"
+        )
+        conn.commit()
+    finally:
+        conn.close()
+    store = await SQLMetadataStore.open(f"sqlite:///{path}")
+    try:
+        assert [k.key_id for k in await store.api_keys.all()] == ["abcdef012345"]
+        assert await db.scalar(store, "SELECT version_num FROM alembic_version") == (
+            head_revision()
+        )
+        assert await store.files.instance_passes() == []
+    finally:
+        await store.close()
+
+
+async def test_unknown_legacy_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "odd.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version=2")
+    conn.close()
+    with pytest.raises(ConfigError, match="legacy schema version 2"):
+        await SQLMetadataStore.open(f"sqlite:///{path}")
 
 
 async def test_unreachable_database_is_unavailable(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(MetadataUnavailable):
-        await SQLiteMetadataStore.open(tmp_path / "file" / "m.db")
+        await SQLMetadataStore.open(f"sqlite:///{tmp_path / 'file' / 'm.db'}")

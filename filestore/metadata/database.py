@@ -1,0 +1,328 @@
+"""Where transactions run: one SQLite file, or a PostgreSQL pool.
+
+Every store method is a plain synchronous function over a SQLAlchemy Core
+``Connection`` (see :mod:`filestore.metadata.sql`); this module decides where
+it runs and in what transaction, so the store is written once:
+
+* **SQLite**: one connection owned by one thread. A method is one hop to
+  that thread and one ``BEGIN IMMEDIATE`` transaction (``BEGIN`` for reads),
+  so the event loop never blocks and SQLite's single writer is never fought
+  over inside the process. WAL mode, ``secure_delete=ON``, ``synchronous=FULL``.
+* **PostgreSQL**: an asyncpg pool under SQLAlchemy's asyncio engine; the same
+  function runs through ``AsyncConnection.run_sync``, so every statement is
+  awaited on the loop, nothing blocks.
+
+Both translate driver errors into :class:`~filestore.errors.MetadataUnavailable`
+at this boundary, with no driver text (it can hold a host name or a value).
+The dialect-specific duties live here too: the lock that serialises audit
+appends across instances, and reclaiming erased key bytes from the files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+import sqlalchemy.exc
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from filestore.errors import ConfigError, MetadataUnavailable
+from filestore.metadata.base import ReclaimReport
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Key of the PostgreSQL advisory lock that serialises audit appends: one
+#: writer at a time across every instance, so one chain with no fork or gap.
+AUDIT_LOCK = 0x66737461  # "fsta"
+#: Key of the advisory lock held while migrations run.
+MIGRATION_LOCK = 0x66736D67  # "fsmg"
+#: How long the SQLite WAL truncation may keep trying, in short attempts that
+#: never hold the database thread.
+RECLAIM_ATTEMPTS = 5
+RECLAIM_PAUSE = 0.05
+
+_FAILURES: tuple[type[BaseException], ...] = (
+    sqlalchemy.exc.DBAPIError,
+    sqlalchemy.exc.TimeoutError,
+    sqlalchemy.exc.InterfaceError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+def _unavailable(exc: BaseException) -> MetadataUnavailable:
+    if isinstance(exc, sqlalchemy.exc.IntegrityError):
+        return MetadataUnavailable("the metadata database refused a write")
+    return MetadataUnavailable("the metadata database is unavailable")
+
+
+class Database:
+    """Runs store functions in transactions on one database."""
+
+    dialect: str
+
+    async def run(self, fn: Callable[[sa.Connection], T], *, write: bool = True) -> T:
+        """Run ``fn`` in one transaction; commit if it returns."""
+        raise NotImplementedError
+
+    def lock_audit(self, conn: sa.Connection) -> None:
+        """Serialise audit appends for the rest of ``conn``'s transaction."""
+        raise NotImplementedError
+
+    async def reclaim(self) -> ReclaimReport:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------- SQLite
+class SQLiteDatabase(Database):
+    """One file, one connection, one thread."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: Path, *, busy_timeout: float = 5.0) -> None:
+        self.path = path
+        self._busy_timeout = busy_timeout
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="filestore-sqlite")
+        # The WAL truncation runs on a connection and thread of its own, so a
+        # reader outside filestore that pins the WAL never stalls requests.
+        self._reclaimer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="filestore-wal")
+        self.engine = sa.create_engine(
+            f"sqlite:///{path}", poolclass=sa.pool.StaticPool, connect_args=_sqlite_args()
+        )
+        self._conn: sa.Connection | None = None
+        self._closed = False
+        sa.event.listen(self.engine, "connect", self._on_connect)
+        sa.event.listen(self.engine, "begin", _sqlite_begin)
+
+    def _on_connect(self, dbapi_conn: Any, _record: Any) -> None:
+        # SQLAlchemy leaves transactions to us: pysqlite's own BEGIN would be
+        # DEFERRED, and a deferred writer can fail to upgrade its lock.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA secure_delete=ON")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+    @classmethod
+    async def open(cls, path: Path) -> SQLiteDatabase:
+        db = cls(path)
+        await db._call(db._connect)
+        return db
+
+    def _connect(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.path.exists():
+            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+            os.close(fd)
+        self.path.chmod(0o600)
+        conn = self.engine.connect()
+        try:
+            from filestore.metadata.migrate import upgrade
+
+            with _file_lock(self.path.with_name(self.path.name + ".migrate-lock")):
+                upgrade(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    async def _call(self, fn: Callable[[], T], executor: ThreadPoolExecutor | None = None) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            pending = loop.run_in_executor(executor or self._executor, fn)
+        except RuntimeError as exc:  # the executor is shut down: the store is closed
+            raise MetadataUnavailable("the metadata store is closed") from exc
+        try:
+            return await pending
+        except _FAILURES as exc:
+            raise _unavailable(exc) from exc
+
+    async def run(self, fn: Callable[[sa.Connection], T], *, write: bool = True) -> T:
+        def in_thread() -> T:
+            conn = self._conn
+            if conn is None:
+                raise MetadataUnavailable("the metadata store is closed")
+            conn.info["write"] = write
+            with conn.begin():
+                return fn(conn)
+
+        return await self._call(in_thread)
+
+    def lock_audit(self, conn: sa.Connection) -> None:
+        """Nothing to do: every write transaction is BEGIN IMMEDIATE, which
+        holds SQLite's single write lock (processes sharing the file too)."""
+
+    async def reclaim(self) -> ReclaimReport:
+        """Checkpoint and truncate the WAL, where deleted key cells linger in
+        old frames. Tries a few times without waiting on readers; a reader
+        that keeps the WAL pinned (a backup, a ``sqlite3`` shell) is reported,
+        not waited for."""
+        for attempt in range(RECLAIM_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(RECLAIM_PAUSE * attempt)
+            if await self._call(self._truncate_wal, self._reclaimer):
+                return ReclaimReport(complete=True)
+        log.warning("the SQLite WAL could not be truncated: a reader outside filestore holds it")
+        return ReclaimReport(complete=False, blocked_by="wal_busy")
+
+    def _truncate_wal(self) -> bool:
+
+        conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout=0")
+            busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            return bool(busy == 0)
+        except sqlite3.OperationalError:
+            return False
+        finally:
+            conn.close()
+
+    async def close(self) -> None:
+        """Close the connection and stop the threads; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+
+        def fn() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            self.engine.dispose()
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        self._executor.shutdown(wait=True)
+        self._reclaimer.shutdown(wait=True)
+
+
+def _sqlite_args() -> dict[str, Any]:
+    return {"check_same_thread": False, "isolation_level": None}
+
+
+def _sqlite_begin(conn: sa.Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write", True) else "BEGIN")
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Processes opening one SQLite file at once migrate it one at a time."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------- PostgreSQL
+class PostgresDatabase(Database):
+    """A pool of asyncpg connections shared by every request of a process."""
+
+    dialect = "postgresql"
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._closed = False
+
+    @classmethod
+    async def open(cls, url: str, *, pool_size: int = 10) -> PostgresDatabase:
+        engine = create_async_engine(
+            asyncpg_url(url),
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_timeout=10,
+            pool_pre_ping=True,
+            # A statement that hangs (a lock held by a stuck session) fails
+            # the request rather than holding it forever.
+            connect_args={"command_timeout": 30, "timeout": 10},
+        )
+        db = cls(engine)
+        try:
+            async with engine.connect() as conn:
+                await conn.run_sync(_migrate_postgres)
+                await conn.commit()
+        except _FAILURES as exc:
+            await engine.dispose()
+            raise _unavailable(exc) from exc
+        except BaseException:
+            await engine.dispose()
+            raise
+        return db
+
+    async def run(self, fn: Callable[[sa.Connection], T], *, write: bool = True) -> T:
+        if self._closed:  # a disposed engine would quietly open a new pool
+            raise MetadataUnavailable("the metadata store is closed")
+        try:
+            async with self.engine.begin() as conn:
+                return await conn.run_sync(fn)
+        except _FAILURES as exc:
+            raise _unavailable(exc) from exc
+
+    def lock_audit(self, conn: sa.Connection) -> None:
+        """A transaction-scoped advisory lock: released at commit or
+        rollback, so a crashed instance never holds it."""
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_LOCK})
+
+    async def reclaim(self) -> ReclaimReport:
+        """Vacuum the narrow key table so the dead tuples of erased keys are
+        pruned now rather than whenever autovacuum comes by. ``SKIP_LOCKED``:
+        if another instance is vacuuming it, that one does the work."""
+        if self._closed:
+            return ReclaimReport(complete=False, blocked_by="closed")
+        try:
+            async with self.engine.connect() as conn:
+                auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await auto.exec_driver_sql("VACUUM (SKIP_LOCKED) file_keys")
+        except _FAILURES as exc:
+            log.warning("could not vacuum file_keys (%s)", type(exc).__name__)
+            return ReclaimReport(complete=False, blocked_by="vacuum_failed")
+        return ReclaimReport(complete=True)
+
+    async def close(self) -> None:
+        self._closed = True
+        await self.engine.dispose()
+
+
+def asyncpg_url(url: str) -> URL:
+    """``postgresql://…`` as SQLAlchemy's asyncpg URL. ConfigError (without
+    the URL, which may hold a password) if it cannot be parsed."""
+    try:
+        parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    except sqlalchemy.exc.ArgumentError:
+        raise ConfigError("FILESTORE_DATABASE_URL is not a valid database URL") from None
+    return parsed.set(drivername="postgresql+asyncpg")
+
+
+def _migrate_postgres(conn: sa.Connection) -> None:
+    from filestore.metadata.migrate import upgrade
+
+    # Instances starting together migrate one at a time; the session lock is
+    # released even if the migration fails.
+    conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+    try:
+        upgrade(conn)
+    finally:
+        conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+
+
+async def open_database(url: str, sqlite_path: Path, pool_size: int = 10) -> Database:
+    """The database a ``FILESTORE_DATABASE_URL`` names (SQLite if empty)."""
+    if not url or url.startswith("sqlite"):
+        return await SQLiteDatabase.open(sqlite_path)
+    return await PostgresDatabase.open(url, pool_size=pool_size)

@@ -1,0 +1,729 @@
+"""The metadata store on SQLAlchemy Core: one implementation for SQLite and
+PostgreSQL.
+
+Each method builds its statements from the tables in
+:mod:`filestore.metadata.schema` and the conditions in
+:mod:`filestore.metadata.rules`, and hands a small synchronous function to
+the :class:`~filestore.metadata.database.Database`, which runs it as one
+transaction where it belongs (SQLite's thread, or PostgreSQL's pool). What
+differs between the databases is said by the database object, never here:
+``FOR UPDATE SKIP LOCKED`` (which SQLite ignores: it has one writer), the
+lock around audit appends, and reclaiming erased bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+
+from filestore.audit.entries import AuditEntry
+from filestore.audit.records import AuditRecord, decode_record, encode_record
+from filestore.errors import NotFound
+from filestore.metadata import rules
+from filestore.metadata.base import (
+    ApiKeyRecord,
+    DeleteReason,
+    FileKey,
+    FileRecord,
+    FileState,
+    InstanceStatus,
+    PurgeStats,
+    ReclaimReport,
+    Role,
+)
+from filestore.metadata.database import Database, open_database
+from filestore.metadata.schema import (
+    api_keys,
+    audit_checkpoints,
+    audit_log,
+    file_keys,
+    files,
+    instance_passes,
+)
+
+T = TypeVar("T")
+
+_FILE_COLUMNS = (
+    files.c.id,
+    files.c.tenant,
+    files.c.state,
+    files.c.kek_id,
+    files.c.created_at,
+    files.c.expires_at,
+    files.c.size,
+    files.c.sealed,
+    files.c.max_downloads,
+    files.c.downloads,
+    files.c.delete_reason,
+    files.c.deleted_at,
+    files.c.lease_owner,
+    files.c.lease_expires,
+    files.c.purge_attempts,
+)
+_NCOLS = len(_FILE_COLUMNS)
+_KEY_COLUMNS = (
+    api_keys.c.key_id,
+    api_keys.c.secret_hash,
+    api_keys.c.role,
+    api_keys.c.tenant,
+    api_keys.c.label,
+    api_keys.c.created_at,
+    api_keys.c.revoked_at,
+)
+#: Ids per ``IN (…)`` list, under every database's parameter limit.
+IN_CHUNK = 500
+
+
+def _file(row: Sequence[Any]) -> FileRecord:
+    (fid, tenant, state, kek, created, expires, size, sealed, maxd, downloads) = row[:10]
+    (reason, deleted, owner, lease, attempts) = row[10:15]
+    return FileRecord(
+        id=bytes(fid),
+        tenant=str(tenant),
+        state=FileState(state),
+        kek_id=int(kek),
+        created_at=float(created),
+        expires_at=float(expires),
+        size=None if size is None else int(size),
+        sealed=None if sealed is None else bytes(sealed),
+        max_downloads=None if maxd is None else int(maxd),
+        downloads=int(downloads),
+        delete_reason=None if reason is None else DeleteReason(reason),
+        deleted_at=None if deleted is None else float(deleted),
+        lease_owner=None if owner is None else str(owner),
+        lease_expires=None if lease is None else float(lease),
+        purge_attempts=int(attempts),
+    )
+
+
+def _api_key(row: Sequence[Any]) -> ApiKeyRecord:
+    key_id, secret_hash, role, tenant, label, created, revoked = row
+    return ApiKeyRecord(
+        key_id=str(key_id),
+        secret_hash=bytes(secret_hash),
+        role=Role(role),
+        tenant=str(tenant),
+        label=str(label),
+        created_at=float(created),
+        revoked_at=None if revoked is None else float(revoked),
+    )
+
+
+def _chunks(items: Sequence[bytes]) -> list[list[bytes]]:
+    return [list(items[i : i + IN_CHUNK]) for i in range(0, len(items), IN_CHUNK)]
+
+
+class _Part:
+    """Shared plumbing of the three stores: one database."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def _write(self, fn: Callable[[sa.Connection], T]) -> T:
+        return await self._db.run(fn, write=True)
+
+    async def _read(self, fn: Callable[[sa.Connection], T]) -> T:
+        return await self._db.run(fn, write=False)
+
+
+# ----------------------------------------------------------------- the chain
+def _head(conn: sa.Connection) -> AuditRecord | None:
+    body = conn.execute(
+        sa.select(audit_log.c.body).order_by(audit_log.c.seq.desc()).limit(1)
+    ).scalar()
+    return None if body is None else decode_record(body)
+
+
+def _existing(conn: sa.Connection, entry: AuditEntry) -> AuditRecord | None:
+    kind, value = entry.identity
+    if value is None:
+        return None
+    column = audit_log.c.kek_id if kind == "kek" else audit_log.c.file_id
+    body = conn.execute(
+        sa.select(audit_log.c.body).where(audit_log.c.event == entry.event, column == value)
+    ).scalar()
+    return None if body is None else decode_record(body)
+
+
+def _recorded_files(conn: sa.Connection, file_ids: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(file_ids), IN_CHUNK):
+        part = list(file_ids[start : start + IN_CHUNK])
+        found.update(
+            str(f)
+            for f in conn.execute(
+                sa.select(audit_log.c.file_id).where(
+                    audit_log.c.event == "file_deleted", audit_log.c.file_id.in_(part)
+                )
+            ).scalars()
+        )
+    return found
+
+
+def _append(conn: sa.Connection, prev: AuditRecord | None, entry: AuditEntry) -> AuditRecord:
+    """Chain ``entry`` after ``prev`` and insert it; the caller holds the
+    audit lock for this transaction, so ``prev`` is the true head."""
+    record = entry.chain_after(prev)
+    conn.execute(
+        audit_log.insert().values(
+            seq=record.seq,
+            event=record.event,
+            file_id=record.file_id,
+            kek_id=record.kek_id,
+            tenant=record.tenant,
+            recorded_at=record.recorded_at,
+            hash=record.hash,
+            body=encode_record(record),
+        )
+    )
+    return record
+
+
+# ------------------------------------------------------------------- files
+class SQLFileStore(_Part):
+    """:class:`~filestore.metadata.base.FileStore` on SQLAlchemy Core."""
+
+    async def create_upload(self, record: FileRecord, key: FileKey) -> None:
+        def fn(conn: sa.Connection) -> None:
+            conn.execute(
+                files.insert().values(
+                    id=record.id,
+                    tenant=record.tenant,
+                    state=str(FileState.UPLOADING),
+                    kek_id=record.kek_id,
+                    created_at=record.created_at,
+                    expires_at=record.expires_at,
+                    max_downloads=record.max_downloads,
+                )
+            )
+            conn.execute(
+                file_keys.insert().values(
+                    file_id=key.file_id, kek_id=key.kek_id, wrapped_dek=key.wrapped
+                )
+            )
+
+        await self._write(fn)
+
+    async def activate(self, file_id: bytes, size: int, sealed: bytes) -> None:
+        def fn(conn: sa.Connection) -> None:
+            done = conn.execute(
+                files.update()
+                .where(files.c.id == file_id, rules.state_is(FileState.UPLOADING))
+                .values(state=str(FileState.ACTIVE), size=size, sealed=sealed)
+            )
+            if done.rowcount != 1:
+                raise NotFound("the upload is no longer pending")
+
+        await self._write(fn)
+
+    async def discard_upload(self, file_id: bytes) -> None:
+        def fn(conn: sa.Connection) -> None:
+            # Only an upload that never became active: a caller cancelled
+            # after activate() committed must not strip a live file's key.
+            pending = conn.execute(
+                sa.select(files.c.id)
+                .where(files.c.id == file_id, rules.state_is(FileState.UPLOADING))
+                .with_for_update()
+            ).first()
+            if pending:
+                conn.execute(file_keys.delete().where(file_keys.c.file_id == file_id))
+                conn.execute(files.delete().where(files.c.id == file_id))
+
+        await self._write(fn)
+        await self._db.reclaim()
+
+    async def load(self, file_id: bytes) -> tuple[FileRecord, FileKey | None] | None:
+        def fn(conn: sa.Connection) -> tuple[FileRecord, FileKey | None] | None:
+            row = conn.execute(
+                sa.select(*_FILE_COLUMNS, file_keys.c.kek_id, file_keys.c.wrapped_dek)
+                .select_from(files.outerjoin(file_keys, file_keys.c.file_id == files.c.id))
+                .where(files.c.id == file_id)
+            ).first()
+            if row is None:
+                return None
+            kek_id, wrapped = row[_NCOLS:]
+            key = None if kek_id is None else FileKey(file_id, int(kek_id), bytes(wrapped))
+            return _file(row), key
+
+        return await self._read(fn)
+
+    async def count_download(self, file_id: bytes, now: float) -> int | None:
+        def fn(conn: sa.Connection) -> int | None:
+            count = conn.execute(
+                files.update()
+                .where(files.c.id == file_id, rules.downloadable(now))
+                .values(downloads=files.c.downloads + 1)
+                .returning(files.c.downloads)
+            ).scalar()
+            return None if count is None else int(count)
+
+        return await self._write(fn)
+
+    async def begin_delete(
+        self,
+        file_id: bytes,
+        reason: DeleteReason,
+        owner: str,
+        now: float,
+        lease_until: float,
+    ) -> FileRecord | None:
+        def fn(conn: sa.Connection) -> FileRecord | None:
+            # A deletion already under way keeps the reason it started with.
+            keep = sa.case(
+                (rules.state_is(FileState.PURGING), files.c.delete_reason), else_=None
+            )
+            row = conn.execute(
+                files.update()
+                .where(files.c.id == file_id, rules.may_lease(owner, now))
+                .values(
+                    state=str(FileState.PURGING),
+                    lease_owner=owner,
+                    lease_expires=lease_until,
+                    delete_reason=sa.func.coalesce(keep, str(reason)),
+                )
+                .returning(*_FILE_COLUMNS)
+            ).first()
+            return None if row is None else _file(row)
+
+        return await self._write(fn)
+
+    async def crypto_erase(self, file_ids: Sequence[bytes]) -> None:
+        if isinstance(file_ids, bytes):
+            raise TypeError("crypto_erase takes a sequence of file ids")
+
+        def fn(conn: sa.Connection) -> None:
+            for part in _chunks(file_ids):
+                conn.execute(file_keys.delete().where(file_keys.c.file_id.in_(part)))
+                conn.execute(files.update().where(files.c.id.in_(part)).values(sealed=None))
+
+        await self._write(fn)
+
+    async def reclaim(self) -> ReclaimReport:
+        return await self._db.reclaim()
+
+    async def finish_delete(
+        self, deletions: Sequence[tuple[bytes, AuditEntry]], owner: str, now: float
+    ) -> list[AuditRecord]:
+        if not deletions:
+            return []
+
+        def fn(conn: sa.Connection) -> list[AuditRecord]:
+            self._db.lock_audit(conn)
+            held: set[bytes] = set()
+            for part in _chunks([file_id for file_id, _entry in deletions]):
+                held.update(
+                    bytes(r)
+                    for r in conn.execute(
+                        files.update()
+                        .where(files.c.id.in_(part), rules.held_by(owner))
+                        .values(
+                            state=str(FileState.PURGED),
+                            deleted_at=now,
+                            lease_owner=None,
+                            lease_expires=None,
+                            sealed=None,
+                            next_attempt_at=None,
+                        )
+                        .returning(files.c.id)
+                    ).scalars()
+                )
+            entries = [entry for file_id, entry in deletions if file_id in held]
+            # An orphan sweep may have recorded one of them already.
+            recorded = _recorded_files(conn, [e.file_id for e in entries if e.file_id])
+            appended: list[AuditRecord] = []
+            prev = _head(conn)
+            for entry in entries:
+                if entry.file_id in recorded:
+                    continue
+                prev = _append(conn, prev, entry)
+                appended.append(prev)
+            return appended
+
+        return await self._write(fn)
+
+    async def claim_expired(
+        self, now: float, limit: int, owner: str, lease_until: float
+    ) -> list[FileRecord]:
+        def fn(conn: sa.Connection) -> list[FileRecord]:
+            claimed: list[FileRecord] = []
+            # Two claims, each served by its own partial index and each
+            # skipping rows another instance has locked this instant.
+            for due, order in (
+                (rules.due_expired(now), files.c.expires_at),
+                (rules.due_abandoned(now), files.c.lease_expires),
+            ):
+                room = limit - len(claimed)
+                if room <= 0:
+                    break
+                pick = (
+                    sa.select(files.c.id)
+                    .where(due)
+                    .order_by(order)
+                    .limit(room)
+                    .with_for_update(skip_locked=True)
+                    .scalar_subquery()
+                )
+                rows = conn.execute(
+                    files.update()
+                    .where(files.c.id.in_(pick))
+                    .values(
+                        state=str(FileState.PURGING),
+                        lease_owner=owner,
+                        lease_expires=lease_until,
+                        delete_reason=sa.func.coalesce(
+                            files.c.delete_reason, str(DeleteReason.EXPIRED)
+                        ),
+                    )
+                    .returning(*_FILE_COLUMNS)
+                ).all()
+                claimed.extend(_file(r) for r in rows)
+            return sorted(claimed, key=lambda r: r.expires_at)
+
+        return await self._write(fn)
+
+    async def record_failure(self, file_id: bytes, owner: str, retry_at: float, error: str) -> None:
+        def fn(conn: sa.Connection) -> None:
+            conn.execute(
+                files.update()
+                .where(files.c.id == file_id, rules.held_by(owner))
+                .values(
+                    purge_attempts=files.c.purge_attempts + 1,
+                    next_attempt_at=retry_at,
+                    last_error=error,
+                    lease_owner=None,
+                    lease_expires=None,
+                )
+            )
+
+        await self._write(fn)
+
+    async def purge_stats(self, now: float) -> PurgeStats:
+        def fn(conn: sa.Connection) -> PurgeStats:
+            backlog, oldest = conn.execute(
+                sa.select(sa.func.count(), sa.func.min(files.c.expires_at)).where(
+                    rules.NOT_PURGED, files.c.expires_at <= now
+                )
+            ).one()
+            failures = {
+                str(error): int(count)
+                for error, count in conn.execute(
+                    sa.select(files.c.last_error, sa.func.count())
+                    .where(rules.NOT_PURGED, files.c.purge_attempts > 0)
+                    .group_by(files.c.last_error)
+                )
+            }
+            live, oldest_live = conn.execute(
+                sa.select(sa.func.count(), sa.func.min(files.c.created_at)).where(
+                    rules.state_is(FileState.UPLOADING, FileState.ACTIVE)
+                )
+            ).one()
+            return PurgeStats(
+                backlog=int(backlog),
+                oldest_expiry=None if oldest is None else float(oldest),
+                failing=sum(failures.values()),
+                failures_by_error=failures,
+                live=int(live),
+                oldest_live_created=None if oldest_live is None else float(oldest_live),
+            )
+
+        return await self._read(fn)
+
+    async def stuck_uploads(self, cutoff: float, limit: int) -> list[FileRecord]:
+        def fn(conn: sa.Connection) -> list[FileRecord]:
+            rows = conn.execute(
+                sa.select(*_FILE_COLUMNS)
+                .where(rules.state_is(FileState.UPLOADING), files.c.created_at < cutoff)
+                .limit(limit)
+            ).all()
+            return [_file(r) for r in rows]
+
+        return await self._read(fn)
+
+    async def live_ids(self, file_ids: Sequence[bytes]) -> set[bytes]:
+        def fn(conn: sa.Connection) -> set[bytes]:
+            found: set[bytes] = set()
+            for part in _chunks(file_ids):
+                found.update(
+                    bytes(r)
+                    for r in conn.execute(
+                        sa.select(files.c.id).where(rules.NOT_PURGED, files.c.id.in_(part))
+                    ).scalars()
+                )
+            return found
+
+        return await self._read(fn)
+
+    async def count_keys(self, kek_id: int) -> int:
+        def fn(conn: sa.Connection) -> int:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).where(file_keys.c.kek_id == kek_id)
+                ).scalar_one()
+            )
+
+        return await self._read(fn)
+
+    async def keys_wrapped_under(self, kek_id: int, limit: int) -> list[bytes]:
+        def fn(conn: sa.Connection) -> list[bytes]:
+            return [
+                bytes(r)
+                for r in conn.execute(
+                    sa.select(file_keys.c.file_id).where(file_keys.c.kek_id == kek_id).limit(limit)
+                ).scalars()
+            ]
+
+        return await self._read(fn)
+
+    async def report_pass(self, status: InstanceStatus) -> None:
+        values = {
+            "started_at": status.started_at,
+            "finished_at": status.finished_at,
+            "purged": status.purged,
+            "failed": status.failed,
+            "max_overdue": status.max_overdue,
+            "error": status.error,
+            "reclaim_blocked": status.reclaim_blocked,
+        }
+
+        def fn(conn: sa.Connection) -> None:
+            done = conn.execute(
+                instance_passes.update()
+                .where(instance_passes.c.instance == status.instance)
+                .values(**values)
+            )
+            if done.rowcount == 0:
+                conn.execute(instance_passes.insert().values(instance=status.instance, **values))
+
+        await self._write(fn)
+
+    async def instance_passes(self) -> list[InstanceStatus]:
+        def fn(conn: sa.Connection) -> list[InstanceStatus]:
+            rows = conn.execute(
+                sa.select(instance_passes).order_by(instance_passes.c.finished_at.desc())
+            ).all()
+            return [
+                InstanceStatus(
+                    instance=str(r.instance),
+                    started_at=float(r.started_at),
+                    finished_at=float(r.finished_at),
+                    purged=int(r.purged),
+                    failed=int(r.failed),
+                    max_overdue=float(r.max_overdue),
+                    error=r.error,
+                    reclaim_blocked=r.reclaim_blocked,
+                )
+                for r in rows
+            ]
+
+        return await self._read(fn)
+
+
+# ------------------------------------------------------------------- audit
+class SQLAuditStore(_Part):
+    """:class:`~filestore.metadata.base.AuditStore` on SQLAlchemy Core."""
+
+    async def append(self, entry: AuditEntry) -> AuditRecord:
+        def fn(conn: sa.Connection) -> AuditRecord:
+            # Check and insert under the audit lock: two instances sweeping
+            # the same orphan, or destroying the same KEK, record it once.
+            self._db.lock_audit(conn)
+            found = _existing(conn, entry)
+            if found is not None:
+                return found
+            return _append(conn, _head(conn), entry)
+
+        return await self._write(fn)
+
+    async def head(self) -> AuditRecord | None:
+        return await self._read(_head)
+
+    async def records(
+        self,
+        after_seq: int,
+        limit: int,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[AuditRecord]:
+        def fn(conn: sa.Connection) -> list[AuditRecord]:
+            query = sa.select(audit_log.c.body).where(audit_log.c.seq > after_seq)
+            if since is not None:
+                query = query.where(audit_log.c.recorded_at >= since)
+            if until is not None:
+                query = query.where(audit_log.c.recorded_at < until)
+            rows = conn.execute(query.order_by(audit_log.c.seq).limit(limit)).scalars()
+            return [decode_record(body) for body in rows]
+
+        return await self._read(fn)
+
+    async def hashes(self, size: int, after: int = 0) -> list[bytes]:
+        def fn(conn: sa.Connection) -> list[bytes]:
+            rows = conn.execute(
+                sa.select(audit_log.c.hash)
+                .where(audit_log.c.seq > after, audit_log.c.seq <= size)
+                .order_by(audit_log.c.seq)
+            ).scalars()
+            return [bytes.fromhex(h) for h in rows]
+
+        return await self._read(fn)
+
+    async def _one(self, where: sa.ColumnElement[bool]) -> AuditRecord | None:
+        def fn(conn: sa.Connection) -> AuditRecord | None:
+            body = conn.execute(sa.select(audit_log.c.body).where(where)).scalar()
+            return None if body is None else decode_record(body)
+
+        return await self._read(fn)
+
+    async def record_for_file(self, file_id: str) -> AuditRecord | None:
+        return await self._one(
+            sa.and_(audit_log.c.file_id == file_id, audit_log.c.event == "file_deleted")
+        )
+
+    async def record_for_kek(self, kek_id: int) -> AuditRecord | None:
+        return await self._one(
+            sa.and_(audit_log.c.kek_id == kek_id, audit_log.c.event == "kek_destroyed")
+        )
+
+    async def seq_range(
+        self, since: float | None, until: float | None, upto: int
+    ) -> tuple[int, int] | None:
+        def fn(conn: sa.Connection) -> tuple[int, int] | None:
+            query = sa.select(sa.func.min(audit_log.c.seq), sa.func.max(audit_log.c.seq)).where(
+                audit_log.c.seq <= upto
+            )
+            if since is not None:
+                query = query.where(audit_log.c.recorded_at >= since)
+            if until is not None:
+                query = query.where(audit_log.c.recorded_at < until)
+            low, high = conn.execute(query).one()
+            return None if low is None else (int(low), int(high))
+
+        return await self._read(fn)
+
+    async def checkpoints_between(self, low: int, high: int) -> list[str]:
+        def fn(conn: sa.Connection) -> list[str]:
+            newest = (
+                sa.select(sa.func.max(audit_checkpoints.c.id))
+                .where(audit_checkpoints.c.size.between(low, high))
+                .group_by(audit_checkpoints.c.size)
+            )
+            rows = conn.execute(
+                sa.select(audit_checkpoints.c.note)
+                .where(audit_checkpoints.c.id.in_(newest))
+                .order_by(audit_checkpoints.c.id)
+            ).scalars()
+            return [str(n) for n in rows]
+
+        return await self._read(fn)
+
+    async def add_checkpoint(self, size: int, note: str, now: float) -> None:
+        def fn(conn: sa.Connection) -> None:
+            conn.execute(audit_checkpoints.insert().values(size=size, created_at=now, note=note))
+
+        await self._write(fn)
+
+    async def _checkpoint(self, query: sa.Select[Any]) -> tuple[int, str] | None:
+        def fn(conn: sa.Connection) -> tuple[int, str] | None:
+            row = conn.execute(query).first()
+            return None if row is None else (int(row[0]), str(row[1]))
+
+        return await self._read(fn)
+
+    async def latest_checkpoint(self) -> tuple[int, str] | None:
+        return await self._checkpoint(
+            sa.select(audit_checkpoints.c.size, audit_checkpoints.c.note)
+            .order_by(audit_checkpoints.c.id.desc())
+            .limit(1)
+        )
+
+    async def checkpoint_covering(self, size: int) -> tuple[int, str] | None:
+        return await self._checkpoint(
+            sa.select(audit_checkpoints.c.size, audit_checkpoints.c.note)
+            .where(audit_checkpoints.c.size >= size)
+            .order_by(audit_checkpoints.c.id)
+            .limit(1)
+        )
+
+
+# ---------------------------------------------------------------- API keys
+class SQLApiKeyStore(_Part):
+    """:class:`~filestore.metadata.base.ApiKeyStore` on SQLAlchemy Core."""
+
+    async def add(self, key: ApiKeyRecord) -> None:
+        def fn(conn: sa.Connection) -> None:
+            conn.execute(
+                api_keys.insert().values(
+                    key_id=key.key_id,
+                    secret_hash=key.secret_hash,
+                    role=str(key.role),
+                    tenant=key.tenant,
+                    label=key.label,
+                    created_at=key.created_at,
+                )
+            )
+
+        await self._write(fn)
+
+    async def get(self, key_id: str) -> ApiKeyRecord | None:
+        def fn(conn: sa.Connection) -> ApiKeyRecord | None:
+            row = conn.execute(sa.select(*_KEY_COLUMNS).where(api_keys.c.key_id == key_id)).first()
+            return None if row is None else _api_key(row)
+
+        return await self._read(fn)
+
+    async def all(self) -> list[ApiKeyRecord]:
+        def fn(conn: sa.Connection) -> list[ApiKeyRecord]:
+            rows = conn.execute(
+                sa.select(*_KEY_COLUMNS).order_by(api_keys.c.created_at, api_keys.c.key_id)
+            ).all()
+            return [_api_key(r) for r in rows]
+
+        return await self._read(fn)
+
+    async def revoke(self, key_id: str, now: float) -> bool:
+        def fn(conn: sa.Connection) -> bool:
+            done = conn.execute(
+                api_keys.update()
+                .where(api_keys.c.key_id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            return bool(done.rowcount == 1)
+
+        return await self._write(fn)
+
+
+# ------------------------------------------------------------------- whole
+class SQLMetadataStore:
+    """:class:`~filestore.metadata.base.MetadataStore`: the three stores on
+    one database. Open with :meth:`open`."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.name = db.dialect
+        self.files = SQLFileStore(db)
+        self.audit = SQLAuditStore(db)
+        self.api_keys = SQLApiKeyStore(db)
+
+    @classmethod
+    async def open(
+        cls, url: str = "", sqlite_path: Path | None = None, pool_size: int = 10
+    ) -> SQLMetadataStore:
+        """Open (and migrate) the database ``url`` names; an empty URL means
+        SQLite at ``sqlite_path``."""
+        if not url and sqlite_path is None:
+            raise ValueError("an empty URL needs a SQLite path")
+        path = sqlite_path if sqlite_path is not None else Path()
+        if url.startswith("sqlite:///"):
+            path = Path(url[len("sqlite:///") :])
+        return cls(await open_database(url, path, pool_size))
+
+    async def check(self) -> None:
+        def fn(conn: sa.Connection) -> None:
+            conn.execute(sa.select(sa.literal(1))).scalar()
+
+        await self.db.run(fn, write=False)
+
+    async def close(self) -> None:
+        await self.db.close()
