@@ -17,6 +17,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from aiohttp import web
 
@@ -28,6 +29,8 @@ from filestore.clock import SystemClock
 from filestore.config import Settings
 from filestore.errors import ConfigError, FilestoreError, MetadataUnavailable, Unavailable
 from filestore.metadata.base import Role
+from filestore.metadata.database import schema_revision
+from filestore.metadata.migrate import head_revision
 from filestore.services import ensure_first_key, open_metadata, open_services
 from scheduler.runner import PurgeScheduler
 
@@ -63,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
 
     audit_cli.add_parser(sub)
 
+    database = sub.add_parser("db", help="the metadata database's schema")
+    db_sub = database.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="apply every pending migration (also done at each start)")
+    db_sub.add_parser("current", help="print the schema revision and the newest one known")
+
     keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create a key; prints it once")
@@ -90,8 +98,10 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # APScheduler logs every run at INFO; the pass logs what matters itself.
-    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # APScheduler logs every run at INFO, Alembic its context at each start;
+    # the pass and `filestore db` say what matters themselves.
+    for noisy in ("apscheduler", "alembic"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -174,6 +184,24 @@ async def _scheduler_only(settings: Settings) -> None:
             await scheduler.stop()
 
 
+async def _db(settings: Settings, args: argparse.Namespace) -> int:
+    sqlite_path = settings.database_path if settings.database_dialect == "sqlite" else Path()
+    before = await schema_revision(settings.database_url, sqlite_path)
+    head = head_revision()
+    if args.db_command == "current":
+        print(f"{settings.database_dialect} schema at revision {before or '(none)'}; newest {head}")
+        return 0 if before == head else 1
+    await asyncio.to_thread(settings.data_dir.mkdir, parents=True, exist_ok=True, mode=0o700)
+    store = await open_metadata(settings)
+    await store.close()
+    after = await schema_revision(settings.database_url, sqlite_path)
+    if before == after:
+        print(f"{settings.database_dialect} schema already at revision {after}")
+    else:
+        print(f"{settings.database_dialect} schema upgraded from {before or '(none)'} to {after}")
+    return 0
+
+
 async def _keys(settings: Settings, args: argparse.Namespace) -> None:
     await asyncio.to_thread(settings.data_dir.mkdir, parents=True, exist_ok=True, mode=0o700)
     store = await open_metadata(settings)
@@ -221,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 asyncio.run(_scheduler_only(settings))
         elif args.command == "keys":
             asyncio.run(_keys(settings, args))
+        elif args.command == "db":
+            return asyncio.run(_db(settings, args))
     except ConfigError as exc:
         print(f"filestore: {exc}", file=sys.stderr)
         return 2

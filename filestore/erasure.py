@@ -75,6 +75,9 @@ class Eraser:
     ) -> None:
         self.lease_seconds = lease
         self.interval = interval
+        #: What blocked the last reclaim of erased bytes (any deletion path),
+        #: until one completes; the scheduler retries it every pass.
+        self.reclaim_pending: str | None = None
         self.files = files
         self.blobs = blobs
         self.clock = clock
@@ -107,7 +110,7 @@ class Eraser:
         await self._step("leased")
         await self.files.crypto_erase([r.id for r in records])
         reclaimed = await self.files.reclaim()
-        report.reclaim_blocked = reclaimed.blocked_by
+        self.reclaim_pending = report.reclaim_blocked = reclaimed.blocked_by
         await self._step("crypto_erased")
         limit = asyncio.Semaphore(BLOB_CONCURRENCY)
 
@@ -158,6 +161,13 @@ class Eraser:
             actor=self.instance,
             software_version=__version__,
         )
+
+    async def retry_reclaim(self) -> str | None:
+        """Try again to drop erased bytes if the last attempt was blocked;
+        returns what still blocks it, or None."""
+        if self.reclaim_pending is not None:
+            self.reclaim_pending = (await self.files.reclaim()).blocked_by
+        return self.reclaim_pending
 
     async def hold_back(self, record: FileRecord, error: FilestoreError) -> None:
         """Leave a failed deletion for a later pass: counted as failing and

@@ -1,11 +1,14 @@
 """APScheduler wiring and the purge status it keeps.
 
 Each process keeps its own in-memory interval job (APScheduler 3 job stores
-must not be shared); coordination between instances lives in the database
-(leases). Passes never overlap within a process: the job and manual triggers
-share one lock, and APScheduler coalesces missed runs into one. The first
-pass runs at once on start, which also covers passes missed while the
-process was down.
+must not be shared); coordination between instances lives in the database:
+claims skip rows another instance holds, leases lapse after one interval, and
+audit appends are serialised. Concurrent passes on several instances split the
+work between them. Passes never overlap within a process: the job and manual
+triggers share one lock, and APScheduler coalesces missed runs into one. The
+first pass runs at once on start, which also covers passes missed while the
+process was down. After every pass the instance reports it to the database,
+so any instance can show the whole cluster's passes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from filestore.audit import Frontier
 from filestore.auditlog import write_checkpoint
 from filestore.errors import FilestoreError
+from filestore.metadata.base import InstanceStatus
 from filestore.services import Services
 from scheduler.keys import manage_keys
 from scheduler.purge import PassReport, purge_pass
@@ -51,6 +55,10 @@ class PurgeStatus:
     #: KEKs due for destruction but still wrapping a live key.
     kek_held_back: list[int] = field(default_factory=list)
     last_error: str | None = None
+    #: Passes after which erased key bytes could not be dropped from the
+    #: database's files, and what stopped the last one (``wal_busy``).
+    reclaim_blocked_total: int = 0
+    reclaim_blocked: str | None = None
     #: (pass end, max overdue) of recent passes, for the 24-hour maximum.
     overdue: deque[tuple[float, float]] = field(default_factory=deque)
 
@@ -129,10 +137,16 @@ class PurgeScheduler:
             )
             status.last_checkpoint_size = size
 
+        async def reclaim() -> None:
+            # A deletion (this pass, a DELETE, a sweep) whose erased bytes an
+            # outside reader kept in the database's files: try again now.
+            report.reclaim_blocked = await eraser.retry_reclaim()
+
         await step("stuck-upload sweep", stuck)
         await step("orphan sweep", orphans)
         await step("key epochs", keys)
         await step("checkpoint", checkpoint)
+        await step("reclaim", reclaim)
         status.last_error = "; ".join(errors) or None
         status.last = report
         status.passes += 1
@@ -140,6 +154,25 @@ class PurgeScheduler:
         status.failed_total += report.failed
         status.failures_total.update(report.failures)
         status.overdue.append((report.finished_at, report.max_overdue))
+        status.reclaim_blocked = report.reclaim_blocked
+        status.reclaim_blocked_total += report.reclaim_blocked is not None
+
+        async def tell_cluster() -> None:
+            await svc.metadata.files.report_pass(
+                InstanceStatus(
+                    instance=eraser.instance,
+                    started_at=report.started_at,
+                    finished_at=report.finished_at,
+                    purged=report.purged,
+                    failed=report.failed,
+                    max_overdue=report.max_overdue,
+                    error=status.last_error,
+                    reclaim_blocked=report.reclaim_blocked,
+                )
+            )
+
+        await step("instance report", tell_cluster)
+        status.last_error = "; ".join(errors) or None
         return report
 
     def start(self) -> None:

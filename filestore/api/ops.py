@@ -1,8 +1,9 @@
 """Operator endpoints: purge status, a manual pass, Prometheus metrics.
 
 Figures come from two places: the database (backlog, most overdue file,
-failing files, live files — true across all instances) and this process's
-scheduler (its passes, totals, the 24-hour overdue maximum).
+failing files, live files, and every instance's last pass — true across the
+whole cluster) and this process's scheduler (its passes, totals, the 24-hour
+overdue maximum).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from filestore.api.context import SCHEDULER, principal, services
 from filestore.api.health import check_dependencies
 from filestore.clock import rfc3339
 from filestore.errors import FilestoreError
-from filestore.metadata.base import PurgeStats, Role
+from filestore.metadata.base import InstanceStatus, PurgeStats, Role
 from scheduler.purge import PassReport
 
 routes = web.RouteTableDef()
@@ -48,6 +49,27 @@ async def _stats(request: web.Request) -> PurgeStats | None:
         return None
 
 
+async def _instances(request: web.Request) -> list[InstanceStatus] | None:
+    try:
+        return await services(request).metadata.files.instance_passes()
+    except FilestoreError:
+        return None
+
+
+def _instance(item: InstanceStatus, now: float) -> dict[str, Any]:
+    return {
+        "instance": item.instance,
+        "last_pass_started_at": rfc3339(item.started_at),
+        "last_pass_finished_at": rfc3339(item.finished_at),
+        "seconds_since_last_pass": round(max(0.0, now - item.finished_at), 3),
+        "purged": item.purged,
+        "failed": item.failed,
+        "max_overdue_seconds": round(item.max_overdue, 3),
+        "error": item.error,
+        "reclaim_blocked": item.reclaim_blocked,
+    }
+
+
 @routes.get("/v1/purge/status")
 async def purge_status(request: web.Request) -> web.Response:
     await principal(request, Role.OPERATOR)
@@ -55,6 +77,7 @@ async def purge_status(request: web.Request) -> web.Response:
     status = request.app[SCHEDULER].status
     now = svc.clock.now()
     stats = await _stats(request)
+    instances = await _instances(request)
     overdue_now = (
         max(0.0, now - stats.oldest_expiry) if stats and stats.oldest_expiry is not None else 0.0
     )
@@ -68,7 +91,16 @@ async def purge_status(request: web.Request) -> web.Response:
             "passes": status.passes,
             "last_error": status.last_error,
         },
+        "instance": svc.lifecycle.instance,
         "last_pass": _report(status.last),
+        # Erased key bytes an outside reader (a backup job, a sqlite3 shell)
+        # keeps in the database's files: deletions go on, the bytes stay
+        # until the reader lets go (alert on it; see docs/operations.md).
+        "reclaim_blocked": status.reclaim_blocked,
+        "reclaim_blocked_passes_total": status.reclaim_blocked_total,
+        "cluster": None
+        if instances is None
+        else {"instances": [_instance(i, now) for i in instances]},
         "backlog": None if stats is None else stats.backlog,
         "most_overdue_seconds": round(overdue_now, 3),
         "max_overdue_seconds_24h": round(max(overdue_now, status.max_overdue_24h(now)), 3),
@@ -103,7 +135,21 @@ def _metric(
     lines.append(f"# HELP {name} {help_text}")
     lines.append(f"# TYPE {name} {kind}")
     for labels, value in samples:
-        lines.append(f"{name}{labels} {value:g}")
+        lines.append(f"{name}{labels} {_number(value)}")
+
+
+def _number(value: float) -> str:
+    """Exact: integers as integers, floats round-trip (``repr``), so a big
+    counter or a Unix timestamp reads back as it was."""
+    if float(value).is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return repr(float(value))
+
+
+def _label(name: str, value: str) -> str:
+    """One ``{name="value"}`` with the exposition format's escapes."""
+    escaped = value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return f'{{{name}="{escaped}"}}'
 
 
 @routes.get("/metrics")
@@ -157,9 +203,31 @@ async def metrics(request: web.Request) -> web.Response:
         "filestore_purge_failures_total",
         "counter",
         "Failed purge attempts.",
-        [(f'{{error="{k}"}}', float(v)) for k, v in sorted(status.failures_total.items())]
-        or [('{error="none"}', 0.0)],
+        [(_label("error", k), float(v)) for k, v in sorted(status.failures_total.items())],
     )
+    _metric(
+        lines,
+        "filestore_reclaim_blocked",
+        "gauge",
+        "1 while erased key bytes could not be dropped from the database's files.",
+        [("", float(status.reclaim_blocked is not None))],
+    )
+    _metric(
+        lines,
+        "filestore_reclaim_blocked_passes_total",
+        "counter",
+        "Passes after which erased key bytes stayed in the database's files.",
+        [("", float(status.reclaim_blocked_total))],
+    )
+    instances = await _instances(request)
+    if instances is not None:
+        _metric(
+            lines,
+            "filestore_instance_last_pass_timestamp_seconds",
+            "gauge",
+            "When each instance sharing the database last finished a purge pass.",
+            [(_label("instance", i.instance), i.finished_at) for i in instances],
+        )
     last = status.last
     if last is not None:
         _metric(

@@ -321,6 +321,36 @@ def _migrate_postgres(conn: sa.Connection) -> None:
         conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
 
 
+async def schema_revision(url: str, sqlite_path: Path) -> str | None:
+    """The schema revision a database is at, read without migrating it
+    (None for an empty database, or a SQLite file from before Alembic)."""
+    from filestore.metadata.migrate import current_revision
+
+    if not url or url.startswith("sqlite"):
+        def read() -> str | None:
+            if not sqlite_path.exists():
+                return None
+            engine = sa.create_engine(f"sqlite:///{sqlite_path}")
+            try:
+                with engine.connect() as conn:
+                    return current_revision(conn)
+            finally:
+                engine.dispose()
+
+        try:
+            return await asyncio.to_thread(read)
+        except _FAILURES as exc:
+            raise _unavailable(exc) from exc
+    engine = create_async_engine(asyncpg_url(url), poolclass=sa.pool.NullPool)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(current_revision)
+    except _FAILURES as exc:
+        raise _unavailable(exc) from exc
+    finally:
+        await engine.dispose()
+
+
 async def open_database(url: str, sqlite_path: Path, pool_size: int = 10) -> Database:
     """The database a ``FILESTORE_DATABASE_URL`` names (SQLite if empty)."""
     if not url or url.startswith("sqlite"):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from filestore.api.context import SCHEDULER
 from filestore.metadata.base import Role
-from tests.support.gateway import Gateway
+from tests.support.db import MetadataBackend
+from tests.support.gateway import Gateway, running_gateway
 
 PROBLEM = "application/problem+json"
 
@@ -54,3 +58,51 @@ async def test_ops_endpoints_need_the_operator_role(gateway: Gateway) -> None:
         assert resp.status == 401 and resp.content_type == PROBLEM
         resp = await gateway.client.request(method, path, headers=client)
         assert resp.status == 403 and resp.content_type == PROBLEM
+
+
+async def test_status_shows_every_instance_sharing_the_database(
+    gateway: Gateway, tmp_path: Path, metadata_backend: MetadataBackend
+) -> None:
+    """Two gateways on one database (their own data directories): each
+    purges its share, and either one's status shows both instances' passes
+    and the cluster's backlog from the database."""
+    async with running_gateway(
+        tmp_path / "second",
+        database_url=metadata_backend.url,
+        keyring_file=str(gateway.settings.keyring_path),
+    ) as second:
+        second.clock.set(gateway.clock.now())
+        for ttl in ("60", "60", "3600"):
+            await gateway.upload(b"y" * 10, params={"ttl": ttl})
+        gateway.clock.advance(61)
+        second.clock.advance(61)
+        ops = await gateway.auth("acme", Role.OPERATOR)
+        status = await (await second.client.get("/v1/purge/status", headers=ops)).json()
+        assert status["backlog"] == 2  # the database's figure, not this process's
+        assert status["cluster"] == {"instances": []}
+        first_pass = await (await gateway.client.post("/v1/purge/run", headers=ops)).json()
+        assert first_pass["pass"]["purged"] == 2
+        await second.client.post("/v1/purge/run", headers=ops)
+        status = await (await second.client.get("/v1/purge/status", headers=ops)).json()
+        names = {i["instance"]: i for i in status["cluster"]["instances"]}
+        assert set(names) == {
+            gateway.services.lifecycle.instance,
+            second.services.lifecycle.instance,
+        }
+        assert names[gateway.services.lifecycle.instance]["purged"] == 2
+        assert names[second.services.lifecycle.instance]["purged"] == 0
+        assert status["instance"] == second.services.lifecycle.instance
+        metrics = await (await gateway.client.get("/metrics")).text()
+        name = second.services.lifecycle.instance
+        stamp = f'filestore_instance_last_pass_timestamp_seconds{{instance="{name}"}}'
+        assert stamp in metrics
+
+
+async def test_metrics_print_exact_values(gateway: Gateway) -> None:
+    scheduler = gateway.client.app[SCHEDULER]
+    scheduler.status.purged_total = 1_234_567
+    scheduler.status.failures_total.update({'Odd"Name\\x': 3})
+    text = await (await gateway.client.get("/metrics")).text()
+    assert "filestore_purged_files_total 1234567\n" in text
+    assert 'filestore_purge_failures_total{error="Odd\\"Name\\\\x"} 3' in text
+    assert 'error="none"' not in text

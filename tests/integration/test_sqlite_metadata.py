@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from filestore import ids
 from filestore.errors import ConfigError, MetadataUnavailable
-from filestore.metadata.base import DeleteReason, FileKey, FileRecord, FileState
+from filestore.metadata.base import DeleteReason, FileKey, FileRecord, FileState, Role
 from filestore.metadata.migrate import head_revision
 from filestore.metadata.sql import SQLMetadataStore
 from tests.support import db
+from tests.support.gateway import running_gateway
 
 NOW = 1_800_000_000.0
 LEGACY = Path(__file__).with_name("legacy_schema_v4.sql")
@@ -150,3 +152,27 @@ async def test_unreachable_database_is_unavailable(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(MetadataUnavailable):
         await SQLMetadataStore.open(f"sqlite:///{tmp_path / 'file' / 'm.db'}")
+
+
+async def test_an_outside_reader_cannot_hold_the_purge_past_its_bound(tmp_path: Path) -> None:
+    """With a reader pinning the WAL, an expired file is still deleted on
+    time (row purged, blob gone, audited); the pass says the WAL could not be
+    truncated, in the status and the metrics, until the reader lets go."""
+    async with running_gateway(tmp_path, purge_interval=5, download_grace=5) as gw:
+        ops = await gw.auth("acme", Role.OPERATOR)
+        meta = await gw.upload(b"short-lived", params={"ttl": "3s"})
+        gw.clock.advance(4)
+        with outside_reader(gw.settings.database_path):
+            run = await (await gw.client.post("/v1/purge/run", headers=ops)).json()
+            assert run["pass"]["purged"] == 1
+            assert gw.blob_files() == []
+            assert (await db.file_states(gw.services)) == {ids.from_text(meta["id"]): "purged"}
+            status = await (await gw.client.get("/v1/purge/status", headers=ops)).json()
+            assert status["reclaim_blocked"] == "wal_busy"
+            assert status["reclaim_blocked_passes_total"] == 1
+            metrics = await (await gw.client.get("/metrics")).text()
+            assert "filestore_reclaim_blocked 1\n" in metrics
+        await gw.client.post("/v1/purge/run", headers=ops)
+        status = await (await gw.client.get("/v1/purge/status", headers=ops)).json()
+        assert status["reclaim_blocked"] is None
+        assert "filestore_reclaim_blocked 0\n" in await (await gw.client.get("/metrics")).text()
