@@ -177,6 +177,9 @@ LOWER_LAYERS = (
     "filestore.crypto",
     "filestore.audit",
     "filestore.lifecycle",
+    "filestore.uploads",
+    "filestore.reads",
+    "filestore.deletion",
     "filestore.erasure",
     "filestore.pipeline",
 )

@@ -1,0 +1,200 @@
+"""Taking a file in: the request body is encrypted and written to the blob
+store, and then the file's row is activated.
+
+All the code that runs before a file exists lives here. That includes the TTL
+and download-limit checks, the three-stage receive/encrypt/write pipeline,
+and the cleanup when an upload fails partway. None of it is needed once a file
+is ``active``. The order is fixed: the key row is written before the first
+blob byte, so any blob that exists can be crypto-erased. A failure removes the
+partial blob and discards the row. Whatever cleanup cannot reach during an
+outage stays ``uploading``, where no read accepts it (see
+:func:`filestore.metadata.rules.readable`), and the sweep removes it later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from filestore import ids
+from filestore.clock import Clock
+from filestore.config import Settings
+from filestore.crypto import Encryptor, Header, Keyring, seal_fields
+from filestore.errors import BadRequest, ChecksumMismatch, FilestoreError, TooLarge
+from filestore.files_info import FileInfo
+from filestore.metadata.base import FileKey, FileRecord, FileState, FileStore
+from filestore.storage.base import BlobStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class UploadOptions:
+    """What a client may ask of an upload; validated by the caller."""
+
+    ttl: float | None = None
+    filename: str | None = None
+    content_type: str | None = None
+    expected_sha256: bytes | None = None
+    max_downloads: int | None = None
+
+
+async def _shielded(aw: Awaitable[T]) -> T:
+    """Run must-finish cleanup even if the caller is being cancelled."""
+    return await asyncio.shield(aw)
+
+
+class Uploads:
+    """Turns a request body into an ``active`` file, or into nothing."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        files: FileStore,
+        blobs: BlobStore,
+        keyring: Keyring,
+        clock: Clock,
+    ) -> None:
+        self.settings = settings
+        self.files = files
+        self.blobs = blobs
+        self.keyring = keyring
+        self.clock = clock
+
+    def _ttl(self, requested: float | None) -> float:
+        ttl = self.settings.default_ttl if requested is None else requested
+        if ttl <= 0:
+            raise BadRequest("ttl must be positive")
+        if ttl > self.settings.max_ttl:
+            raise BadRequest(f"ttl may be at most {self.settings.max_ttl:g} seconds")
+        return ttl
+
+    async def upload(
+        self, tenant: str, options: UploadOptions, body: AsyncIterator[bytes]
+    ) -> FileInfo:
+        """Stream ``body`` through encryption into the blob store.
+
+        Returns once the blob is durable and the row is ``active``. On any
+        failure (bad input, client gone, outage) the partial blob is removed
+        and the row discarded before the error propagates; what cleanup cannot
+        reach (an outage) is left ``uploading`` for the sweep, never readable.
+        """
+        ttl = self._ttl(options.ttl)
+        if options.max_downloads is not None and options.max_downloads < 1:
+            raise BadRequest("max_downloads must be at least 1")
+        now = self.clock.now()
+        file_id = ids.new_file_id()
+        dek = secrets.token_bytes(32)
+        kek_id, wrapped = self.keyring.wrap(dek, file_id)
+        record = FileRecord(
+            id=file_id,
+            tenant=tenant,
+            state=FileState.UPLOADING,
+            kek_id=kek_id,
+            created_at=now,
+            expires_at=now + ttl,
+            max_downloads=options.max_downloads,
+        )
+        await self.files.create_upload(record, FileKey(file_id, kek_id, wrapped))
+        try:
+            size, digest = await self._write_blob(file_id, dek, kek_id, body)
+            if options.expected_sha256 is not None and not hmac.compare_digest(
+                digest, options.expected_sha256
+            ):
+                raise ChecksumMismatch(
+                    "the body's SHA-256 does not match the checksum sent with it"
+                )
+            sealed = seal_fields(
+                dek,
+                file_id,
+                {
+                    "filename": options.filename,
+                    "content_type": options.content_type,
+                    "sha256": digest.hex(),
+                },
+            )
+            await self.files.activate(file_id, size, sealed)
+        except BaseException:
+            await _shielded(self._abandon(file_id))
+            raise
+        return FileInfo(
+            id=file_id,
+            size=size,
+            sha256=digest.hex(),
+            created_at=now,
+            expires_at=now + ttl,
+            filename=options.filename,
+            content_type=options.content_type,
+            max_downloads=options.max_downloads,
+            downloads=0,
+        )
+
+    async def _write_blob(
+        self, file_id: bytes, dek: bytes, kek_id: int, body: AsyncIterator[bytes]
+    ) -> tuple[int, bytes]:
+        """Receive, hash + encrypt, and write as three overlapping stages:
+        the loop receives batch N+1 while a worker thread hashes and encrypts
+        batch N and the store writes batch N-1."""
+        limit = self.settings.max_file_size
+        batch = self.settings.batch_size
+        encryptor = Encryptor(dek, Header(kek_id, file_id))
+        digest = hashlib.sha256()
+        loop = asyncio.get_running_loop()
+
+        def seal(pieces: list[bytes]) -> bytes | bytearray:
+            # Runs in a worker thread: joining, hashing and AES-GCM all
+            # release the GIL or are memcpy, so the loop keeps receiving.
+            plain = b"".join(pieces)
+            digest.update(plain)
+            return encryptor.update(plain)
+
+        size = 0
+        pending: list[bytes] = []
+        pending_size = 0
+        sealing: asyncio.Future[bytes | bytearray] | None = None
+        writer = await self.blobs.create(ids.blob_name(file_id))
+        try:
+            await writer.write(encryptor.prefix())
+            async for piece in body:
+                size += len(piece)
+                if size > limit:
+                    raise TooLarge(limit)
+                pending.append(piece)
+                pending_size += len(piece)
+                if pending_size >= batch:
+                    if sealing is not None:
+                        await writer.write(await sealing)
+                    sealing = loop.run_in_executor(None, seal, pending)
+                    pending, pending_size = [], 0
+            if sealing is not None:
+                await writer.write(await sealing)
+                sealing = None
+            await writer.write(bytes(seal(pending)) + encryptor.finalize())
+            await writer.commit()
+        except BaseException:
+            if sealing is not None:
+                # Let the worker finish with the buffers before they go.
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(sealing)
+            await _shielded(writer.abort())
+            raise
+        return size, digest.digest()
+
+    async def _abandon(self, file_id: bytes) -> None:
+        """Forget a failed upload; leave it to the sweep if that fails too."""
+        try:
+            await self.blobs.delete(ids.blob_name(file_id))
+            await self.files.discard_upload(file_id)
+        except FilestoreError:
+            log.warning(
+                "could not clean up failed upload %s; the sweep will remove it",
+                ids.to_text(file_id),
+            )
