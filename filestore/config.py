@@ -173,6 +173,8 @@ class Settings:
     cluster_secret_file: str = ""
     #: Base URLs of live peers a new instance asks for the ratchet state.
     join_peers: tuple[str, ...] = ()
+    #: How long a new instance keeps asking its peers before it gives up.
+    join_wait: float = 60.0
     #: Ed25519 audit signing key; empty means data_dir/keys/audit-signing.pem.
     signing_key_file: str = ""
     #: Secret for signed download links; empty means data_dir/keys/link-signing.key.
@@ -238,6 +240,12 @@ class Settings:
         if self.ratchet_file:
             return Path(self.ratchet_file)
         return self.data_dir / "keys" / "ratchet.json"
+
+    @property
+    def kek_destroy_after(self) -> float:
+        """Seconds from the end of a KEK's epoch (its retirement) until it is
+        destroyed: every file it wrapped has expired and been purged by then."""
+        return self.max_ttl + self.purge_interval + self.kek_grace
 
     @property
     def keyring_path(self) -> Path:
@@ -367,6 +375,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "ratchet_file": str,
     "cluster_secret_file": str,
     "join_peers": _parse_peers,
+    "join_wait": parse_duration,
     "max_file_size": parse_size,
     "default_ttl": parse_duration,
     "max_ttl": parse_duration,

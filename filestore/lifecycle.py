@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator
 
 from filestore.clock import Clock
 from filestore.config import Settings
-from filestore.crypto import Keyring
+from filestore.crypto.schedule import KekSource
 from filestore.deletion import Deletions
 from filestore.erasure import Eraser
 from filestore.files_info import FileInfo
@@ -52,7 +52,7 @@ class Lifecycle:
         settings: Settings,
         metadata: MetadataStore,
         blobs: BlobStore,
-        keyring: Keyring,
+        keyring: KekSource,
         clock: Clock,
         instance: str | None = None,
     ) -> None:

@@ -25,11 +25,11 @@ from filestore.crypto import (
     PREFIX_SIZE,
     Decryptor,
     Header,
-    Keyring,
     chunk_span,
     ciphertext_size,
     open_fields,
 )
+from filestore.crypto.schedule import KekSource
 from filestore.errors import Gone, IntegrityError, KeyNotFound, StorageUnavailable
 from filestore.files_info import FileInfo
 from filestore.metadata import rules
@@ -136,7 +136,7 @@ class Reads:
         settings: Settings,
         files: FileStore,
         blobs: BlobStore,
-        keyring: Keyring,
+        keyring: KekSource,
         clock: Clock,
     ) -> None:
         self.settings = settings

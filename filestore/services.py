@@ -11,15 +11,19 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from filestore.auth import create_key
 from filestore.clock import Clock, SystemClock
+from filestore.cluster import open_ratchet
 from filestore.config import Settings
 from filestore.crypto import Keyring, load_or_create_signing_key
+from filestore.crypto.join import load_cluster_secret
 from filestore.crypto.links import LinkSigner, load_or_create_link_key
+from filestore.crypto.schedule import KekSource
 from filestore.errors import ConfigError
 from filestore.lifecycle import Lifecycle
 from filestore.metadata.base import MetadataStore, Role
@@ -38,10 +42,13 @@ class Services:
     clock: Clock
     metadata: MetadataStore
     blobs: BlobStore
-    keyring: Keyring
+    #: The KEK source: the host's keyring file, or this machine's ratchet.
+    keyring: KekSource
     signing_key: Ed25519PrivateKey
     links: LinkSigner
     lifecycle: Lifecycle
+    #: The secret that authenticates ratchet hand-overs (ratchet only).
+    cluster_secret: bytes | None = field(default=None, repr=False)
 
 
 async def open_metadata(settings: Settings) -> MetadataStore:
@@ -67,20 +74,33 @@ async def open_blobs(settings: Settings) -> BlobStore:
 async def open_services(settings: Settings, clock: Clock | None = None) -> AsyncIterator[Services]:
     """Open every backend and key; close them in reverse order on exit.
 
-    Creates the data directory, keyring and signing key on first use.
+    Creates the data directory, keyring (or joins the cluster's ratchet)
+    and signing key on first use.
     """
     clock = clock or SystemClock()
     await asyncio.to_thread(settings.data_dir.mkdir, parents=True, exist_ok=True, mode=0o700)
-    keyring = await asyncio.to_thread(Keyring.load_or_create, settings.keyring_path, clock.now())
     signing_key = await asyncio.to_thread(load_or_create_signing_key, settings.signing_key_path)
     links = await asyncio.to_thread(load_or_create_link_key, settings.link_key_path)
     async with contextlib.AsyncExitStack() as stack:
         metadata = await open_metadata(settings)
         stack.push_async_callback(metadata.close)
+        keyring: KekSource
+        secret: bytes | None = None
+        if settings.key_schedule == "ratchet":
+            keyring = await open_ratchet(settings, metadata.files, clock)
+            secret = await asyncio.to_thread(
+                load_cluster_secret, Path(settings.cluster_secret_file)
+            )
+        else:
+            keyring = await asyncio.to_thread(
+                Keyring.load_or_create, settings.keyring_path, clock.now()
+            )
         blobs = await open_blobs(settings)
         stack.push_async_callback(blobs.close)
         lifecycle = Lifecycle(settings, metadata, blobs, keyring, clock)
-        yield Services(settings, clock, metadata, blobs, keyring, signing_key, links, lifecycle)
+        yield Services(
+            settings, clock, metadata, blobs, keyring, signing_key, links, lifecycle, secret
+        )
 
 
 async def ensure_first_key(services: Services) -> str | None:

@@ -26,7 +26,8 @@ from typing import TypeVar
 from filestore import ids
 from filestore.clock import Clock
 from filestore.config import Settings
-from filestore.crypto import Encryptor, Header, Keyring, seal_fields
+from filestore.crypto import Encryptor, Header, seal_fields
+from filestore.crypto.schedule import KekSource
 from filestore.errors import BadRequest, ChecksumMismatch, FilestoreError, TooLarge
 from filestore.files_info import FileInfo
 from filestore.metadata.base import FileKey, FileRecord, FileState, FileStore
@@ -60,7 +61,7 @@ class Uploads:
         settings: Settings,
         files: FileStore,
         blobs: BlobStore,
-        keyring: Keyring,
+        keyring: KekSource,
         clock: Clock,
     ) -> None:
         self.settings = settings

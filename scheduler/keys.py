@@ -11,6 +11,15 @@ it wrapped — WAL frames, free pages, backups, replicas — undecryptable.
 The destruction is audited first and done second: a crash in between leaves
 a record and a key still present, and the next run finishes the destruction
 without a second record.
+
+With the ratchet (machines sharing nothing) each instance destroys an epoch
+on its own disk at the epoch's deadline, whatever the database says: waiting
+for the database (to audit first, or while key rows remain) would let an
+outage keep a KEK alive on some machine past its deadline. The record follows:
+whichever instance gets there first appends it, once; one that could not
+(database down) keeps the epoch pending and appends it on a later pass. Key
+rows still wrapped under a destroyed epoch belong to files long expired; they
+are unreadable from then on and the purge removes them as usual.
 """
 
 from __future__ import annotations
@@ -22,8 +31,10 @@ from dataclasses import dataclass, field
 
 from filestore import __version__
 from filestore.audit import entries as audit_entries
+from filestore.commitment import check_commitment
 from filestore.config import Settings
 from filestore.crypto import Keyring
+from filestore.crypto.schedule import KekSource, RatchetKeys
 from filestore.erasure import Eraser
 from filestore.errors import KeyNotFound
 from filestore.metadata.base import MetadataStore
@@ -40,12 +51,18 @@ class KeyReport:
 
 def destroy_after(settings: Settings) -> float:
     """Seconds from a KEK's retirement until it may be destroyed."""
-    return settings.max_ttl + settings.purge_interval + settings.kek_grace
+    return settings.kek_destroy_after
 
 
 async def manage_keys(
-    keyring: Keyring, metadata: MetadataStore, eraser: Eraser, settings: Settings
+    keyring: KekSource, metadata: MetadataStore, eraser: Eraser, settings: Settings
 ) -> KeyReport:
+    """One key step: rotation and destruction for the keyring, or the
+    ratchet's advance, with the audit records either needs."""
+    if isinstance(keyring, RatchetKeys):
+        return await _advance_ratchet(keyring, metadata, eraser, settings)
+    if not isinstance(keyring, Keyring):
+        raise TypeError(f"no key management for {type(keyring).__name__}")
     report = KeyReport()
     now = eraser.clock.now()
     # Other processes may share the keyring file: start from what it says.
@@ -83,4 +100,35 @@ async def manage_keys(
             continue  # another process destroyed it (and recorded it) first
         report.destroyed.append(kek_id)
         log.info("destroyed key-encryption key %d", kek_id)
+    return report
+
+
+async def _advance_ratchet(
+    keys: RatchetKeys, metadata: MetadataStore, eraser: Eraser, settings: Settings
+) -> KeyReport:
+    report = KeyReport()
+    now = eraser.clock.now()
+    destroyed = await asyncio.to_thread(keys.ratchet.advance, now, settings.kek_destroy_after)
+    keys.unaudited.update(destroyed)
+    report.destroyed = destroyed
+    for epoch in destroyed:
+        log.info("destroyed ratchet epoch %d", epoch)
+    for epoch in sorted(keys.unaudited):
+        if await metadata.audit.record_for_kek(epoch) is None:
+            remaining = await metadata.files.count_keys(epoch)
+            await metadata.audit.append(
+                audit_entries.kek_destroyed(
+                    kek_id=epoch,
+                    created_at=keys.ratchet.start_of(epoch),
+                    destroyed_at=now,
+                    backend="ratchet",
+                    actor=eraser.instance,
+                    software_version=__version__,
+                    verification={"no_keys_remaining": remaining == 0},
+                )
+            )
+        keys.unaudited.discard(epoch)
+    # Every instance records (or checks) the commitment of the epoch it now
+    # wraps under: a split brain is found within one pass.
+    await check_commitment(keys, metadata.files, now)
     return report

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from filestore.api import audit, files, health, ops
+from filestore.api import audit, cluster, files, health, ops
 from filestore.api.context import SCHEDULER, SERVICES
 from filestore.api.expect import expect_handler
 from filestore.api.middleware import errors_middleware
@@ -45,7 +45,7 @@ def create_app(
     # Every route answers Expect itself (see filestore.api.expect).
     app.add_routes(
         web.RouteDef(r.method, r.path, r.handler, {**r.kwargs, "expect_handler": expect_handler})
-        for table in (files.routes, health.routes, ops.routes, audit.routes)
+        for table in (files.routes, health.routes, ops.routes, audit.routes, cluster.routes)
         for r in table
         if isinstance(r, web.RouteDef)
     )

@@ -257,6 +257,18 @@ def openapi_document() -> dict[str, Any]:
                     "responses": _with_errors({"200": {"description": "Status (JSON)."}}),
                 }
             },
+            "/v1/cluster/join": {
+                "post": {
+                    "summary": "Hand the ratchet key schedule to a joining instance "
+                    "(instances only; authenticated by the cluster secret in the body).",
+                    "requestBody": {
+                        "content": {"application/octet-stream": {"schema": {"type": "string"}}}
+                    },
+                    "responses": _with_errors(
+                        {"200": {"description": "The encrypted, authenticated answer."}}
+                    ),
+                }
+            },
             "/v1/purge/run": {
                 "post": {
                     "summary": "Run a purge pass now and return its report (operator).",

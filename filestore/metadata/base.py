@@ -223,6 +223,15 @@ class FileStore(Protocol):
     async def keys_wrapped_under(self, kek_id: int, limit: int) -> list[bytes]:
         """Ids of files whose key is still wrapped under ``kek_id``."""
 
+    # ------------------------------------------------------- key schedule
+    async def record_commitment(
+        self, kek_id: int, commitment: bytes, now: float, *, founding: bool = False
+    ) -> bytes | None:
+        """Store the commitment of epoch ``kek_id`` unless one is stored, and
+        return the one stored (compare it with your own). With ``founding``
+        (a first instance creating the cluster's ratchet) store it only if no
+        commitment of any epoch exists yet, and return None if one does."""
+
     # ---------------------------------------------------------- instances
     async def report_pass(self, status: InstanceStatus) -> None:
         """Record an instance's last pass, for the cluster-wide status."""

@@ -103,6 +103,15 @@ instance_passes = sa.Table(
     sa.Column("reclaim_blocked", sa.Text),
 )
 
+#: Commitments of ratchet epochs (HMAC under each epoch's KEK), one per epoch.
+kek_commitments = sa.Table(
+    "kek_commitments",
+    metadata,
+    sa.Column("kek_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("commitment", sa.LargeBinary, nullable=False),
+    sa.Column("recorded_at", sa.Float(53), nullable=False),
+)
+
 
 def _partial(name: str, table: sa.Table, columns: list[str], where: str) -> sa.Index:
     clause = sa.text(where)

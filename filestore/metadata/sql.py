@@ -42,6 +42,7 @@ from filestore.metadata.schema import (
     file_keys,
     files,
     instance_passes,
+    kek_commitments,
 )
 
 T = TypeVar("T")
@@ -476,6 +477,29 @@ class SQLFileStore(_Part):
             ]
 
         return await self._read(fn)
+
+    async def record_commitment(
+        self, kek_id: int, commitment: bytes, now: float, *, founding: bool = False
+    ) -> bytes | None:
+        def fn(conn: sa.Connection) -> bytes | None:
+            # Under the audit lock: two instances founding a cluster at once
+            # cannot both win.
+            self._db.lock_audit(conn)
+            if founding and conn.execute(sa.select(kek_commitments.c.kek_id).limit(1)).first():
+                return None
+            stored = conn.execute(
+                sa.select(kek_commitments.c.commitment).where(kek_commitments.c.kek_id == kek_id)
+            ).scalar()
+            if stored is not None:
+                return bytes(stored)
+            conn.execute(
+                kek_commitments.insert().values(
+                    kek_id=kek_id, commitment=commitment, recorded_at=now
+                )
+            )
+            return commitment
+
+        return await self._write(fn)
 
     async def report_pass(self, status: InstanceStatus) -> None:
         values = {

@@ -70,9 +70,11 @@ class Gateway:
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(tmp_path: Path, **overrides: Any) -> AsyncIterator[Gateway]:
+async def running_gateway(
+    tmp_path: Path, *, clock: ManualClock | None = None, **overrides: Any
+) -> AsyncIterator[Gateway]:
     settings = Settings.load(env={}, data_dir=tmp_path / "data", **overrides)
-    clock = ManualClock()
+    clock = clock or ManualClock()
     async with open_services(settings, clock) as services:
         app = create_app(settings, services=services)
         async with TestClient(TestServer(app)) as client:
