@@ -1,7 +1,9 @@
 """Handlers for ``/v1/files``: upload, download (with ranges), HEAD, DELETE.
 
-Handlers only translate HTTP to lifecycle calls and back; every rule about
-files lives in :mod:`filestore.lifecycle`.
+Handlers only translate HTTP to lifecycle calls and back. The rules about
+files (who may see one, when it may be read, which transitions are allowed)
+live in :mod:`filestore.metadata.rules`; the :mod:`filestore.lifecycle`
+facade drives them.
 """
 
 from __future__ import annotations

@@ -114,7 +114,9 @@ def _expected_checksum(request: web.Request) -> bytes | None:
 
 
 def parse_options(request: web.Request) -> UploadOptions:
-    """Upload options from the query string and headers (DESIGN.md API)."""
+    """Upload options from the query string (``ttl``, ``filename``,
+    ``max_downloads``) and the headers (``Content-Type``,
+    ``Content-Disposition``, the checksum headers)."""
     query = request.query
     allowed = {"ttl", "filename", "max_downloads"}
     unknown = set(query) - allowed

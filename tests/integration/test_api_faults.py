@@ -1,5 +1,5 @@
 """Faults on the way in and out: slow and vanishing clients, storage and
-database outages, oversize bodies (DESIGN.md "Bad input and faults").
+database outages, oversize bodies (docs/architecture.md, "The HTTP API").
 
 Everything runs against a real gateway on a loopback port. Clients that
 misbehave at the TCP level speak raw HTTP/1.1 over ``asyncio.open_connection``.

@@ -1,6 +1,6 @@
 """Random and malformed requests against a real gateway.
 
-The invariant (DESIGN.md "HTTP API"): no request can produce a 5xx by its
+The invariant (docs/architecture.md, "The HTTP API"): no request can produce a 5xx by its
 shape alone, and every answer of status 400 or more is
 ``application/problem+json`` whose ``type``, ``title`` and ``status`` are
 present and whose ``status`` is the HTTP status.

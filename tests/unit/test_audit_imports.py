@@ -1,5 +1,5 @@
 """The audit package is a pure library: standard library, ``cryptography``
-and a few filestore leaf modules only (STYLE.md, one-way imports)."""
+and a few filestore leaf modules only (one-way imports: docs/architecture.md)."""
 
 from __future__ import annotations
 

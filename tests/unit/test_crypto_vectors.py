@@ -1,7 +1,8 @@
 """The Wycheproof vectors for C2SP chunked encryption (AES-256 and AES-128).
 
-They live outside the repo, in ``../shared/vectors/wycheproof/``; without that
-folder the tests skip and say so. Each vector is one test id.
+They are not part of this repository: ``VECTOR_DIR`` below names the folder
+they are read from, and without it the tests skip and say so. Each vector is
+one test id.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def _load() -> list[Any]:
                 None,
                 None,
                 marks=pytest.mark.skip(
-                    reason=f"Wycheproof vectors not found at {VECTOR_DIR} (see DESIGN.md)"
+                    reason=f"Wycheproof vectors not found at {VECTOR_DIR}"
                 ),
                 id="vectors-missing",
             )
@@ -48,7 +49,7 @@ def _load() -> list[Any]:
 
 def test_all_vectors_present() -> None:
     if not VECTOR_DIR.is_dir():
-        pytest.skip(f"Wycheproof vectors not found at {VECTOR_DIR} (see DESIGN.md)")
+        pytest.skip(f"Wycheproof vectors not found at {VECTOR_DIR}")
     assert len(_load()) == 70
 
 

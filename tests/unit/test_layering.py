@@ -1,4 +1,5 @@
-"""One-way imports (STYLE.md point 2), checked by reading the source.
+"""One-way imports (docs/architecture.md, "Parts and imports"), checked by
+reading the source.
 
 Every module under ``filestore/`` and ``scheduler/`` is parsed with :mod:`ast`
 (nothing is imported), and every ``import``/``from … import`` statement —
