@@ -140,6 +140,10 @@ async def _serve(settings: Settings, run_scheduler: bool = True) -> None:
             port = server.sockets[0].getsockname()[1]
         if run_scheduler:
             scheduler.start()
+        else:
+            # The purge runs elsewhere, but KEKs held here must still die on
+            # time: the key step alone keeps its own timer.
+            scheduler.start(keys_only=True)
         print(f"filestore {__version__} listening on http://{settings.host}:{port}", flush=True)
         try:
             await stop.wait()

@@ -54,7 +54,7 @@ async def open_ratchet(settings: Settings, files: FileStore, clock: Clock) -> Ra
     except FileNotFoundError:
         ratchet = await _obtain(settings, psk, files, clock)
     destroyed = await asyncio.to_thread(ratchet.advance, clock.now(), settings.kek_destroy_after)
-    keys = RatchetKeys(ratchet, clock)
+    keys = RatchetKeys(ratchet, clock, settings.kek_destroy_after)
     keys.unaudited.update(destroyed)
     await check_commitment(keys, files, clock.now())
     return keys

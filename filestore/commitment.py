@@ -1,29 +1,38 @@
-"""The split-brain check of the ratchet key schedule.
+"""The split-brain check: every instance sharing a database must hold the
+same KEKs.
 
-Each epoch's commitment (an HMAC under its KEK; it reveals nothing of the key)
-goes into the shared database the first time any instance wraps under that
-epoch. An instance whose own commitment differs runs a ratchet that is not the
-cluster's — it was created instead of joined — and every key it wrapped
-would be unreadable to the others, so it must stop. Kept free of aiohttp so
-the scheduler can run the check every pass.
+Each KEK's commitment (an HMAC under the KEK; it reveals nothing of the key)
+goes into the shared database the first time any instance wraps under it. An
+instance whose own commitment differs holds other KEKs under the same id — a
+ratchet created instead of joined, or a keyring file of its own on a second
+machine — and every key it wrapped would be unreadable to the others, so it
+must stop. Checked at start and at every key step; kept free of aiohttp so
+the scheduler can run it.
 """
 
 from __future__ import annotations
 
-from filestore.crypto.schedule import RatchetKeys
+from filestore.crypto.schedule import KekSource, RatchetKeys
 from filestore.errors import ConfigError
 from filestore.metadata.base import FileStore
 
 
-async def check_commitment(keys: RatchetKeys, files: FileStore, now: float) -> None:
-    """Record (or compare) the current epoch's commitment; ConfigError on a
-    split brain."""
-    epoch = keys.ratchet.current_epoch(now)
-    ours = keys.ratchet.commitment(epoch, now)
-    stored = await files.record_commitment(epoch, ours, now)
-    if stored != ours:
+async def check_commitment(keys: KekSource, files: FileStore, now: float) -> None:
+    """Record (or compare) the commitment of the KEK new keys are wrapped
+    under; ConfigError on a split brain."""
+    kek_id = keys.active_id
+    ours = keys.commitment(kek_id)
+    stored = await files.record_commitment(kek_id, ours, now)
+    if stored == ours:
+        return
+    if isinstance(keys, RatchetKeys):
         raise ConfigError(
-            f"this instance's ratchet ({keys.ratchet.path}) is not the cluster's: epoch {epoch} "
+            f"this instance's ratchet ({keys.ratchet.path}) is not the cluster's: epoch {kek_id} "
             "has another commitment in the database. Stop it, remove its ratchet file and let "
             "it join from a live peer (FILESTORE_JOIN_PEERS)"
         )
+    raise ConfigError(
+        f"this instance's keyring is not the one the other instances use: KEK {kek_id} has "
+        "another commitment in the database. Processes on one host share one keyring file "
+        "(FILESTORE_KEYRING_FILE); machines that share no disk need FILESTORE_KEY_SCHEDULE=ratchet"
+    )

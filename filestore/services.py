@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from filestore.auth import create_key
 from filestore.clock import Clock, SystemClock
 from filestore.cluster import open_ratchet
+from filestore.commitment import check_commitment
 from filestore.config import Settings
 from filestore.crypto import Keyring, load_or_create_signing_key
 from filestore.crypto.join import load_cluster_secret
@@ -95,6 +96,7 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Async
             keyring = await asyncio.to_thread(
                 Keyring.load_or_create, settings.keyring_path, clock.now()
             )
+            await check_commitment(keyring, metadata.files, clock.now())
         blobs = await open_blobs(settings)
         stack.push_async_callback(blobs.close)
         lifecycle = Lifecycle(settings, metadata, blobs, keyring, clock)

@@ -100,6 +100,7 @@ async def manage_keys(
             continue  # another process destroyed it (and recorded it) first
         report.destroyed.append(kek_id)
         log.info("destroyed key-encryption key %d", kek_id)
+    await check_commitment(keyring, metadata.files, now)
     return report
 
 

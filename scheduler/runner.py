@@ -42,6 +42,8 @@ class PurgeStatus:
 
     interval: float
     running: bool = False
+    #: Only the key step runs here (``serve --no-scheduler``).
+    keys_only: bool = False
     in_pass: bool = False
     last: PassReport | None = None
     next_run_at: float | None = None
@@ -175,11 +177,13 @@ class PurgeScheduler:
         status.last_error = "; ".join(errors) or None
         return report
 
-    def start(self) -> None:
-        """Start the interval job; the first pass runs at once."""
+    def start(self, *, keys_only: bool = False) -> None:
+        """Start the interval job; the first pass runs at once. With
+        ``keys_only`` (a gateway whose purge runs elsewhere) only the key
+        step runs: rotation and destruction of the KEKs this process holds."""
         scheduler = AsyncIOScheduler(timezone=UTC)
         scheduler.add_job(
-            self._job,
+            self._keys_job if keys_only else self._job,
             "interval",
             seconds=self.services.settings.purge_interval,
             id="purge",
@@ -190,7 +194,20 @@ class PurgeScheduler:
         )
         scheduler.start()
         self._scheduler = scheduler
-        self.status.running = True
+        self.status.running = not keys_only
+        self.status.keys_only = keys_only
+
+    async def _keys_job(self) -> None:
+        svc = self.services
+        try:
+            found = await manage_keys(
+                svc.keyring, svc.metadata, svc.lifecycle.eraser, svc.settings
+            )
+            self.status.kek_held_back = found.held_back
+        except FilestoreError as exc:
+            log.error("key step failed: %s", type(exc).__name__)
+        except Exception:  # never let the job die; the next run tries again
+            log.exception("key step crashed")
 
     async def _job(self) -> None:
         try:

@@ -16,7 +16,7 @@ import pytest
 from tests.support.db import MetadataBackend
 from tests.support.gateway import Gateway, running_gateway
 
-pytest_plugins = ["tests.support.postgres"]
+pytest_plugins = ["tests.support.postgres", "tests.support.s3_fixtures"]
 
 METADATA_BACKENDS = ["sqlite", "postgresql"]
 

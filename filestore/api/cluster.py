@@ -31,7 +31,10 @@ async def join(request: web.Request) -> web.Response:
         raise BadRequest("a join request is under 1 KiB")
     now = svc.clock.now()
     # Never hand over an epoch that is due for destruction.
-    await asyncio.to_thread(keys.ratchet.advance, now, svc.settings.kek_destroy_after)
+    destroyed = await asyncio.to_thread(
+        keys.ratchet.advance, now, svc.settings.kek_destroy_after
+    )
+    keys.unaudited.update(destroyed)  # the next key step records them
     answer = answer_join(svc.cluster_secret, body, keys.ratchet.export_state(), now)
     return web.Response(
         body=answer, content_type="application/octet-stream", headers={"Cache-Control": "no-store"}

@@ -85,6 +85,7 @@ async def purge_status(request: web.Request) -> web.Response:
         "now": rfc3339(now),
         "scheduler": {
             "running": status.running,
+            "keys_only": status.keys_only,
             "pass_in_progress": status.in_pass,
             "interval_seconds": status.interval,
             "next_pass_at": _ts(status.next_run_at),

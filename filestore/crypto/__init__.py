@@ -10,7 +10,7 @@
 Every integrity failure raises the one opaque
 :class:`~filestore.errors.IntegrityError`. The byte format is in
 ``docs/format.md``. This package imports only the standard library,
-``cryptography`` and ``filestore.errors``.
+``cryptography``, ``filestore.errors`` and ``filestore.clock``.
 """
 
 from __future__ import annotations

@@ -16,10 +16,13 @@ The keyring file is JSON, mode 0600, rewritten atomically on each change::
 thread (``asyncio.to_thread``). :meth:`Keyring.wrap` and :meth:`Keyring.unwrap`
 touch no files and are safe on the event loop; all methods are thread-safe.
 
-Each process holds the keyring in memory. Where several processes share one
-file, only one of them may rotate and destroy; the others call
-:meth:`Keyring.reload` (for instance when an unwrap raises KeyNotFound) to
-see the change.
+Each process holds the keyring in memory. Several processes may share one
+file: every change is a read-modify-write of the file under a file lock, so
+any of them may rotate and destroy, and the others see the change on
+:meth:`Keyring.reload` (called, for instance, when an unwrap raises
+KeyNotFound). The keyring cannot be shared by machines that share no disk;
+that is what the ratchet (:mod:`filestore.crypto.ratchet`) is for, and
+:meth:`Keyring.commitment` lets the database notice two keyrings.
 
 Key bytes never appear in a repr or an exception message.
 """
@@ -39,6 +42,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from filestore.crypto._files import ensure_private_dir, read_private_file, write_private_file
@@ -53,6 +58,7 @@ NONCE_SIZE: Final = 12
 WRAPPED_SIZE: Final = NONCE_SIZE + DEK_SIZE + 16
 WRAP_LABEL: Final = b"filestore/v1/dek-wrap"
 MAX_KEK_ID: Final = 0xFFFFFFFF
+COMMITMENT_LABEL: Final = b"filestore/v1/keyring-commitment"
 
 
 def wrap_aad(kek_id: int, file_id: bytes) -> bytes:
@@ -150,6 +156,18 @@ class Keyring:
     def entries(self) -> list[tuple[int, float]]:
         """``(id, created_at)`` of every KEK, by id."""
         return [(kid, kek.created_at) for kid, kek in sorted(self._state[0].items())]
+
+    def commitment(self, kek_id: int) -> bytes:
+        """``HMAC-SHA256(KEK, label)``: safe to store in the shared database
+        (it reveals nothing of the key) and equal only for the same KEK, so
+        an instance with another keyring under the same id is noticed.
+        KeyNotFound if the KEK is not held."""
+        kek = self._state[0].get(kek_id)
+        if kek is None:
+            raise KeyNotFound(f"key-encryption key {kek_id} is not in the keyring")
+        mac = crypto_hmac.HMAC(kek.key, hashes.SHA256())
+        mac.update(COMMITMENT_LABEL)
+        return mac.finalize()
 
     def wrap(self, dek: bytes, file_id: bytes) -> tuple[int, bytes]:
         """Wrap ``dek`` under the active KEK: ``(kek_id, nonce ‖ ciphertext)``."""

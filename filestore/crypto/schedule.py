@@ -16,6 +16,7 @@ from typing import Protocol
 
 from filestore.clock import Clock
 from filestore.crypto.ratchet import RatchetKeyring
+from filestore.errors import KeyNotFound
 
 
 class KekSource(Protocol):
@@ -30,6 +31,10 @@ class KekSource(Protocol):
 
     def unwrap(self, kek_id: int, file_id: bytes, wrapped: bytes) -> bytes: ...
 
+    def commitment(self, kek_id: int) -> bytes:
+        """A value the shared database may hold that equals another
+        instance's only if both hold the same KEK under ``kek_id``."""
+
     def reload(self) -> None: ...
 
 
@@ -41,9 +46,10 @@ class RatchetKeys:
     re-reads the file, for processes of one host sharing it.
     """
 
-    def __init__(self, ratchet: RatchetKeyring, clock: Clock) -> None:
+    def __init__(self, ratchet: RatchetKeyring, clock: Clock, destroy_after: float) -> None:
         self._ratchet = ratchet
         self._clock = clock
+        self._destroy_after = destroy_after
         self._lock = threading.Lock()
         #: Epochs destroyed here whose audit record is not yet known to be
         #: written (the database was down when they went).
@@ -61,7 +67,16 @@ class RatchetKeys:
         return self._ratchet.wrap(dek, file_id, self._clock)
 
     def unwrap(self, kek_id: int, file_id: bytes, wrapped: bytes) -> bytes:
-        return self._ratchet.unwrap(kek_id, file_id, wrapped, self._clock)
+        """The DEK; KeyNotFound also for an epoch past its destruction
+        deadline that the scheduler has not advanced past yet, so nothing is
+        readable under it a moment longer than promised."""
+        now = self._clock.now()
+        if now >= self._ratchet.deadline(kek_id, self._destroy_after):
+            raise KeyNotFound(f"key-encryption key {kek_id} is past its destruction deadline")
+        return self._ratchet.unwrap(kek_id, file_id, wrapped, now)
+
+    def commitment(self, kek_id: int) -> bytes:
+        return self._ratchet.commitment(kek_id, self._clock)
 
     def reload(self) -> None:
         with self._lock:

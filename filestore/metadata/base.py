@@ -201,9 +201,10 @@ class FileStore(Protocol):
     async def claim_expired(
         self, now: float, limit: int, owner: str, lease_until: float
     ) -> list[FileRecord]:
-        """Lease up to ``limit`` files due for purge (``rules.due``), most
-        overdue first, skipping rows another instance is claiming right now.
-        Cost grows with the number of due files, not with live ones."""
+        """Lease up to ``limit`` files due for purge (``rules.due_expired`` or
+        ``rules.due_abandoned``), most overdue first, skipping rows another
+        instance is claiming right now. Cost grows with the number of due
+        files, not with live ones."""
 
     async def record_failure(self, file_id: bytes, owner: str, retry_at: float, error: str) -> None:
         """Count a failed attempt, release the lease and hold the file back

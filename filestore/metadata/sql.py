@@ -74,6 +74,8 @@ _KEY_COLUMNS = (
     api_keys.c.created_at,
     api_keys.c.revoked_at,
 )
+#: How long an instance that stopped reporting stays in the cluster status.
+INSTANCE_MEMORY = 86400.0
 #: Ids per ``IN (…)`` list, under every database's parameter limit.
 IN_CHUNK = 500
 
@@ -520,6 +522,12 @@ class SQLFileStore(_Part):
             )
             if done.rowcount == 0:
                 conn.execute(instance_passes.insert().values(instance=status.instance, **values))
+            # Instance names are per process: forget the ones gone a day.
+            conn.execute(
+                instance_passes.delete().where(
+                    instance_passes.c.finished_at < status.finished_at - INSTANCE_MEMORY
+                )
+            )
 
         await self._write(fn)
 

@@ -147,3 +147,38 @@ async def test_join_endpoint_refuses_strangers(cluster: Any, tmp_path: Path) -> 
         assert (await a.client.get("/v1/purge/status", headers=ops)).status == 200
     async with running_gateway(tmp_path / "plain") as plain:
         assert (await plain.client.post("/v1/cluster/join", data=b"x")).status == 404
+
+
+async def test_a_second_keyring_on_the_same_database_is_refused(
+    tmp_path: Path, metadata_backend: MetadataBackend
+) -> None:
+    """Keyring mode is for processes of one host sharing one keyring file: a
+    gateway elsewhere with a keyring of its own would wrap keys no other
+    instance can unwrap, so the database's commitment stops it."""
+    async with running_gateway(tmp_path / "one", database_url=metadata_backend.url) as one:
+        again = {
+            "database_url": metadata_backend.url,
+            "keyring_file": str(one.settings.keyring_path),
+        }
+        async with running_gateway(tmp_path / "same-host", **again):
+            pass
+        with pytest.raises(ConfigError, match="keyring is not the one"):
+            async with running_gateway(tmp_path / "two", database_url=metadata_backend.url):
+                pass
+
+
+async def test_past_its_deadline_an_epoch_is_unreadable_before_the_file_advances(
+    cluster: Any,
+) -> None:
+    async with cluster("a") as a:
+        keys = a.services.keyring
+        assert isinstance(keys, RatchetKeys)
+        meta = await a.upload(b"soon gone", params={"ttl": "1h"})
+        loaded = await a.services.metadata.files.load(ids.from_text(meta["id"]))
+        assert loaded is not None and loaded[1] is not None
+        key = loaded[1]
+        assert keys.unwrap(key.kek_id, key.file_id, key.wrapped)
+        a.clock.set(keys.ratchet.deadline(key.kek_id, a.settings.kek_destroy_after))
+        with pytest.raises(KeyNotFound, match="deadline"):
+            keys.unwrap(key.kek_id, key.file_id, key.wrapped)
+        assert keys.ratchet.oldest_epoch == key.kek_id  # not advanced yet, still refused
