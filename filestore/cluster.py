@@ -20,7 +20,6 @@ brain, and the instance stops before it wraps a key others cannot unwrap.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import urllib.error
@@ -55,7 +54,7 @@ async def open_ratchet(settings: Settings, files: FileStore, clock: Clock) -> Ra
         ratchet = await _obtain(settings, psk, files, clock)
     destroyed = await asyncio.to_thread(ratchet.advance, clock.now(), settings.kek_destroy_after)
     keys = RatchetKeys(ratchet, clock, settings.kek_destroy_after)
-    keys.unaudited.update(destroyed)
+    keys.note_destroyed(destroyed, clock.now())
     await check_commitment(keys, files, clock.now())
     return keys
 
@@ -90,19 +89,36 @@ async def _found(settings: Settings, files: FileStore, clock: Clock) -> RatchetK
     path = settings.ratchet_path
     candidate_path = path.with_name(path.name + ".candidate")
     now = clock.now()
-    with contextlib.suppress(FileNotFoundError):
+    try:
+        # A candidate from an earlier try whose commitment did get stored
+        # (the reply was lost, or the process died before the rename) is
+        # the cluster's ratchet: keep it rather than lock ourselves out.
+        candidate = await asyncio.to_thread(RatchetKeyring.load, candidate_path)
+    except FileNotFoundError:
+        candidate = await asyncio.to_thread(
+            RatchetKeyring.create, candidate_path, now, settings.kek_rotation
+        )
+    except ConfigError:
         await asyncio.to_thread(candidate_path.unlink)
-    candidate = await asyncio.to_thread(
-        RatchetKeyring.create, candidate_path, now, settings.kek_rotation
-    )
+        return None
     epoch = candidate.current_epoch(now)
     commitment = candidate.commitment(epoch, now)
     won = await files.record_commitment(epoch, commitment, now, founding=True)
+    if won is None and await _is_recorded(files, candidate, now):
+        won = commitment
     if won is None:
         await asyncio.to_thread(candidate_path.unlink)
         return None
     await asyncio.to_thread(os.replace, candidate_path, path)
     return await asyncio.to_thread(RatchetKeyring.load, path)
+
+
+async def _is_recorded(files: FileStore, candidate: RatchetKeyring, now: float) -> bool:
+    """Whether the newest stored commitment is this candidate's."""
+    latest = await files.latest_commitment()
+    if latest is None or latest[0] < candidate.oldest_epoch:
+        return False
+    return bool(candidate.commitment(latest[0], now) == latest[1])
 
 
 async def ask_peers(peers: tuple[str, ...], psk: bytes, clock: Clock) -> RatchetState | None:

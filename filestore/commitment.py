@@ -13,7 +13,7 @@ the scheduler can run it.
 from __future__ import annotations
 
 from filestore.crypto.schedule import KekSource, RatchetKeys
-from filestore.errors import ConfigError
+from filestore.errors import KeyNotFound, SplitBrain
 from filestore.metadata.base import FileStore
 
 
@@ -22,16 +22,30 @@ async def check_commitment(keys: KekSource, files: FileStore, now: float) -> Non
     under; ConfigError on a split brain."""
     kek_id = keys.active_id
     ours = keys.commitment(kek_id)
+    # Before seeding a new KEK's commitment, agree with the newest one on
+    # record, so an instance on the wrong keys cannot be the first to seed
+    # the next epoch and lock the right ones out.
+    latest = await files.latest_commitment()
+    if latest is not None and latest[0] != kek_id:
+        try:
+            agrees = keys.commitment(latest[0]) == latest[1]
+        except KeyNotFound:
+            agrees = True  # destroyed here already: nothing left to compare
+        if not agrees:
+            _refuse(keys, latest[0])
     stored = await files.record_commitment(kek_id, ours, now)
-    if stored == ours:
-        return
+    if stored != ours:
+        _refuse(keys, kek_id)
+
+
+def _refuse(keys: KekSource, kek_id: int) -> None:
     if isinstance(keys, RatchetKeys):
-        raise ConfigError(
+        raise SplitBrain(
             f"this instance's ratchet ({keys.ratchet.path}) is not the cluster's: epoch {kek_id} "
             "has another commitment in the database. Stop it, remove its ratchet file and let "
             "it join from a live peer (FILESTORE_JOIN_PEERS)"
         )
-    raise ConfigError(
+    raise SplitBrain(
         f"this instance's keyring is not the one the other instances use: KEK {kek_id} has "
         "another commitment in the database. Processes on one host share one keyring file "
         "(FILESTORE_KEYRING_FILE); machines that share no disk need FILESTORE_KEY_SCHEDULE=ratchet"

@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +154,8 @@ class Settings:
     storage: str = "local"
     #: Metadata database: empty means SQLite at data_dir/filestore.db;
     #: ``sqlite:///PATH`` or ``postgresql://USER:PASSWORD@HOST:PORT/DB``.
-    database_url: str = ""
+    #: Left out of the repr: it may hold a password.
+    database_url: str = field(default="", repr=False)
     #: Connections kept open to PostgreSQL by each process.
     database_pool_size: int = 10
     max_file_size: int = 10 << 30
@@ -242,6 +243,13 @@ class Settings:
         return self.data_dir / "keys" / "ratchet.json"
 
     @property
+    def retry_cap(self) -> float:
+        """Longest wait before a failed deletion is retried: what is left of
+        the 24 hours after the longest life and one pass, and at least one
+        interval (a file due at expiry must be gone an interval later)."""
+        return max(self.purge_interval, DAY - self.max_ttl - self.purge_interval)
+
+    @property
     def kek_destroy_after(self) -> float:
         """Seconds from the end of a KEK's epoch (its retirement) until it is
         destroyed: every file it wrapped has expired and been purged by then."""
@@ -315,7 +323,9 @@ class Settings:
             try:
                 values[key] = parser(value)
             except (ValueError, TypeError) as exc:
-                raise ConfigError(f"FILESTORE_{key.upper()}={value!r} is not valid: {exc}") from exc
+                # A URL may hold a password: name the setting, not the value.
+                shown = "…" if key in _SECRET_VALUES else repr(value)
+                raise ConfigError(f"FILESTORE_{key.upper()}={shown} is not valid: {exc}") from exc
         settings = replace(cls(), **values)
         settings.validate()
         return settings
@@ -363,6 +373,9 @@ class Settings:
                 )
         # --- end of S3 settings
 
+
+#: Settings whose values are never quoted in an error message.
+_SECRET_VALUES = frozenset({"database_url"})
 
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "host": str,

@@ -72,9 +72,12 @@ class Eraser:
         after_step: StepHook | None = None,
         lease: float = DEFAULT_LEASE,
         interval: float = DEFAULT_LEASE,
+        retry_cap: float | None = None,
     ) -> None:
         self.lease_seconds = lease
         self.interval = interval
+        #: Longest wait before a failed deletion is retried (see rules.backoff).
+        self.retry_cap = interval if retry_cap is None else retry_cap
         #: What blocked the last reclaim of erased bytes (any deletion path),
         #: until one completes; the scheduler retries it every pass.
         self.reclaim_pending: str | None = None
@@ -97,7 +100,7 @@ class Eraser:
         )
 
     async def erase(self, records: Sequence[FileRecord]) -> ErasureReport:
-        """Steps 2-4 for ``records``. Raises only if step 2 fails (then no
+        """Steps 2-4 for ``records``. Raises only if the crypto-erase fails (then no
         file of the batch changed state and all are retried later); failures
         of single blobs are reported, not raised. Shielded from cancellation:
         a cancelled caller does not leave a step half done."""
@@ -109,8 +112,11 @@ class Eraser:
             return report
         await self._step("leased")
         await self.files.crypto_erase([r.id for r in records])
-        reclaimed = await self.files.reclaim()
-        self.reclaim_pending = report.reclaim_blocked = reclaimed.blocked_by
+        try:
+            blocked = (await self.files.reclaim()).blocked_by
+        except FilestoreError:
+            blocked = "unavailable"  # the keys are gone; the bytes go next pass
+        self.reclaim_pending = report.reclaim_blocked = blocked
         await self._step("crypto_erased")
         limit = asyncio.Semaphore(BLOB_CONCURRENCY)
 
@@ -139,9 +145,14 @@ class Eraser:
                 )
                 report.failed.append((record, error))
         now = self.clock.now()
-        report.purged = await self.files.finish_delete(
-            [(r.id, self.audit_entry(r, now)) for r in done], self.instance, now
-        )
+        try:
+            report.purged = await self.files.finish_delete(
+                [(r.id, self.audit_entry(r, now)) for r in done], self.instance, now
+            )
+        except FilestoreError as exc:
+            # Key and blob are gone; only the record and ``purged`` are
+            # missing, and the next deleter to take the lease writes them.
+            report.failed.extend((r, exc) for r in done)
         await self._step("finished")
         return report
 
@@ -169,15 +180,18 @@ class Eraser:
             self.reclaim_pending = (await self.files.reclaim()).blocked_by
         return self.reclaim_pending
 
-    async def hold_back(self, record: FileRecord, error: FilestoreError) -> None:
+    async def hold_back(self, record: FileRecord, error: FilestoreError) -> bool:
         """Leave a failed deletion for a later pass: counted as failing and
         retried after the backoff the rules give (also a DELETE that failed
         before the file expired). If the database is down too, the lease
-        lapses instead and a later pass takes the file over."""
-        retry_at = self.clock.now() + rules.backoff(record.purge_attempts, self.interval)
+        lapses instead and a later pass takes the file over; returns False
+        then, so a caller with more files stops trying."""
+        wait = rules.backoff(record.purge_attempts, self.interval, self.retry_cap)
         try:
             await self.files.record_failure(
-                record.id, self.instance, retry_at, type(error).__name__
+                record.id, self.instance, self.clock.now() + wait, type(error).__name__
             )
         except FilestoreError:
             log.warning("could not record a failed deletion; its lease will lapse instead")
+            return False
+        return True

@@ -6,6 +6,7 @@ problem+json in one table (``filestore.api.problems``) and the CLI to exit codes
 
     FilestoreError
     ├── ConfigError              a setting is missing or wrong (message names it)
+    │   └── SplitBrain           this instance's KEKs are not the cluster's
     ├── IntegrityError           stored ciphertext or key failed authentication;
     │                            one opaque error for every cause
     ├── KeyNotFound              a KEK id is not in the keyring (destroyed or foreign)
@@ -37,6 +38,11 @@ class FilestoreError(Exception):
 
 class ConfigError(FilestoreError):
     """A setting is missing or has a value filestore cannot use."""
+
+
+class SplitBrain(ConfigError):
+    """This instance holds other KEKs than the instances it shares a database
+    with: keys it wrapped would be unreadable to them. It must stop wrapping."""
 
 
 class IntegrityError(FilestoreError):

@@ -71,6 +71,7 @@ class Lifecycle:
             self.instance,
             lease=settings.purge_interval,
             interval=settings.purge_interval,
+            retry_cap=settings.retry_cap,
         )
         self.uploads = Uploads(settings, metadata.files, blobs, keyring, clock)
         self.reads = Reads(settings, metadata.files, blobs, keyring, clock)

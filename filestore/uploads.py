@@ -28,7 +28,7 @@ from filestore.clock import Clock
 from filestore.config import Settings
 from filestore.crypto import Encryptor, Header, seal_fields
 from filestore.crypto.schedule import KekSource
-from filestore.errors import BadRequest, ChecksumMismatch, FilestoreError, TooLarge
+from filestore.errors import BadRequest, ChecksumMismatch, FilestoreError, TooLarge, Unavailable
 from filestore.files_info import FileInfo
 from filestore.metadata.base import FileKey, FileRecord, FileState, FileStore
 from filestore.storage.base import BlobStore
@@ -69,6 +69,9 @@ class Uploads:
         self.blobs = blobs
         self.keyring = keyring
         self.clock = clock
+        #: Set when this instance found its KEKs are not the cluster's: it
+        #: wraps no more keys (503) until an operator fixes it and restarts.
+        self.halted: str | None = None
 
     def _ttl(self, requested: float | None) -> float:
         ttl = self.settings.default_ttl if requested is None else requested
@@ -88,6 +91,8 @@ class Uploads:
         and the row discarded before the error propagates; what cleanup cannot
         reach (an outage) is left ``uploading`` for the sweep, never readable.
         """
+        if self.halted is not None:
+            raise Unavailable("this instance does not take uploads: " + self.halted)
         ttl = self._ttl(options.ttl)
         if options.max_downloads is not None and options.max_downloads < 1:
             raise BadRequest("max_downloads must be at least 1")

@@ -110,25 +110,25 @@ async def _advance_ratchet(
     report = KeyReport()
     now = eraser.clock.now()
     destroyed = await asyncio.to_thread(keys.ratchet.advance, now, settings.kek_destroy_after)
-    keys.unaudited.update(destroyed)
+    keys.note_destroyed(destroyed, now)
     report.destroyed = destroyed
     for epoch in destroyed:
         log.info("destroyed ratchet epoch %d", epoch)
-    for epoch in sorted(keys.unaudited):
+    for epoch, destroyed_at in sorted(keys.unaudited.items()):
         if await metadata.audit.record_for_kek(epoch) is None:
             remaining = await metadata.files.count_keys(epoch)
             await metadata.audit.append(
                 audit_entries.kek_destroyed(
                     kek_id=epoch,
                     created_at=keys.ratchet.start_of(epoch),
-                    destroyed_at=now,
+                    destroyed_at=destroyed_at,
                     backend="ratchet",
                     actor=eraser.instance,
                     software_version=__version__,
                     verification={"no_keys_remaining": remaining == 0},
                 )
             )
-        keys.unaudited.discard(epoch)
+        del keys.unaudited[epoch]
     # Every instance records (or checks) the commitment of the epoch it now
     # wraps under: a split brain is found within one pass.
     await check_commitment(keys, metadata.files, now)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from filestore.erasure import Eraser
 from filestore.errors import FilestoreError
-from filestore.metadata.base import DeleteReason, FileStore
+from filestore.metadata.base import DeleteReason, FileRecord, FileStore
 from filestore.metadata.rules import backoff
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,15 @@ class PassReport:
 __all__ = ["PassReport", "backoff", "purge_pass"]
 
 
+async def _hold_back_all(eraser: Eraser, failed: list[tuple[FileRecord, FilestoreError]]) -> None:
+    """Hold back each failed file; stop at the first the database refuses
+    (it is down: every lease lapses anyway, and waiting on it per file would
+    stretch the pass)."""
+    for record, error in failed:
+        if not await eraser.hold_back(record, error):
+            return
+
+
 async def purge_pass(
     files: FileStore,
     eraser: Eraser,
@@ -87,12 +96,11 @@ async def purge_pass(
         except FilestoreError as exc:
             # Crypto-erase of the batch failed: nothing changed state.
             report._fail(exc, len(batch))
-            for record in batch:
-                await eraser.hold_back(record, exc)
+            await _hold_back_all(eraser, [(record, exc) for record in batch])
             continue
-        for record, error in result.failed:
+        for _record, error in result.failed:
             report._fail(error)
-            await eraser.hold_back(record, error)
+        await _hold_back_all(eraser, result.failed)
         report.reclaim_blocked = result.reclaim_blocked or report.reclaim_blocked
         report.purged += len(result.purged)
         for audit in result.purged:

@@ -24,7 +24,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from filestore.audit import Frontier
 from filestore.auditlog import write_checkpoint
-from filestore.errors import FilestoreError
+from filestore.errors import FilestoreError, SplitBrain
 from filestore.metadata.base import InstanceStatus
 from filestore.services import Services
 from scheduler.keys import manage_keys
@@ -103,6 +103,12 @@ class PurgeScheduler:
             # the checkpoint is written after every pass whatever happened.
             try:
                 await work()
+            except SplitBrain as exc:
+                # Keys wrapped here would be unreadable to the others: stop
+                # taking uploads and fail readiness until an operator acts.
+                svc.lifecycle.uploads.halted = "its KEKs are not the cluster's"
+                errors.append(f"{name}: {type(exc).__name__}")
+                log.critical("%s; uploads refused until this is fixed", exc)
             except FilestoreError as exc:
                 errors.append(f"{name}: {type(exc).__name__}")
                 log.error("purge %s failed: %s", name, type(exc).__name__)
@@ -204,6 +210,9 @@ class PurgeScheduler:
                 svc.keyring, svc.metadata, svc.lifecycle.eraser, svc.settings
             )
             self.status.kek_held_back = found.held_back
+        except SplitBrain as exc:
+            svc.lifecycle.uploads.halted = "its KEKs are not the cluster's"
+            log.critical("%s; uploads refused until this is fixed", exc)
         except FilestoreError as exc:
             log.error("key step failed: %s", type(exc).__name__)
         except Exception:  # never let the job die; the next run tries again

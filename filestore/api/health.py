@@ -36,6 +36,7 @@ async def check_dependencies(svc: Services) -> dict[str, str]:
             results[name] = "ok"
         except (FilestoreError, TimeoutError):
             results[name] = "failing"
+    results["keys"] = "ok" if svc.lifecycle.uploads.halted is None else "failing"
     return results
 
 

@@ -51,9 +51,9 @@ class RatchetKeys:
         self._clock = clock
         self._destroy_after = destroy_after
         self._lock = threading.Lock()
-        #: Epochs destroyed here whose audit record is not yet known to be
-        #: written (the database was down when they went).
-        self.unaudited: set[int] = set()
+        #: Epochs destroyed here (and when) whose audit record is not yet
+        #: known to be written (the database was down when they went).
+        self.unaudited: dict[int, float] = {}
 
     @property
     def ratchet(self) -> RatchetKeyring:
@@ -77,6 +77,11 @@ class RatchetKeys:
 
     def commitment(self, kek_id: int) -> bytes:
         return self._ratchet.commitment(kek_id, self._clock)
+
+    def note_destroyed(self, epochs: list[int], when: float) -> None:
+        """Remember epochs destroyed at ``when`` until they are audited."""
+        for epoch in epochs:
+            self.unaudited.setdefault(epoch, when)
 
     def reload(self) -> None:
         with self._lock:

@@ -193,9 +193,10 @@ class FileStore(Protocol):
     async def finish_delete(
         self, deletions: Sequence[tuple[bytes, AuditEntry]], owner: str, now: float
     ) -> list[AuditRecord]:
-        """In one transaction: for each file still ``purging`` under
-        ``owner``'s lease, mark it ``purged`` and append its audit entry.
-        Files no longer held are skipped. Returns the records appended."""
+        """In one transaction: for each file still ``purging``, mark it
+        ``purged`` and append its audit entry (``rules.may_finish``: the
+        caller's steps are done, even if its lease lapsed meanwhile). Files
+        already purged are skipped. Returns the records appended."""
 
     # -------------------------------------------------------------- purge
     async def claim_expired(
@@ -232,6 +233,9 @@ class FileStore(Protocol):
         return the one stored (compare it with your own). With ``founding``
         (a first instance creating the cluster's ratchet) store it only if no
         commitment of any epoch exists yet, and return None if one does."""
+
+    async def latest_commitment(self) -> tuple[int, bytes] | None:
+        """The newest KEK id with a stored commitment, and the commitment."""
 
     # ---------------------------------------------------------- instances
     async def report_pass(self, status: InstanceStatus) -> None:

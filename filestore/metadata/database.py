@@ -52,12 +52,15 @@ MIGRATION_LOCK = 0x66736D67  # "fsmg"
 RECLAIM_ATTEMPTS = 5
 RECLAIM_PAUSE = 0.05
 
+#: A VACUUM of the key table already done this recently serves the next
+#: caller too (a burst of DELETEs costs one, not one each).
+VACUUM_COALESCE = 1.0
+
 _FAILURES: tuple[type[BaseException], ...] = (
     sqlalchemy.exc.DBAPIError,
     sqlalchemy.exc.TimeoutError,
-    sqlalchemy.exc.InterfaceError,
-    OSError,
-    asyncio.TimeoutError,
+    sqlite3.Error,
+    OSError,  # also asyncio.TimeoutError on 3.11
 )
 
 
@@ -101,7 +104,12 @@ class SQLiteDatabase(Database):
         # reader outside filestore that pins the WAL never stalls requests.
         self._reclaimer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="filestore-wal")
         self.engine = sa.create_engine(
-            f"sqlite:///{path}", poolclass=sa.pool.StaticPool, connect_args=_sqlite_args()
+            f"sqlite:///{path}",
+            poolclass=sa.pool.StaticPool,
+            connect_args={"check_same_thread": False},
+            # A statement's parameters (wrapped keys among them) never reach
+            # an error message or a log.
+            hide_parameters=True,
         )
         self._conn: sa.Connection | None = None
         self._closed = False
@@ -183,13 +191,15 @@ class SQLiteDatabase(Database):
         return ReclaimReport(complete=False, blocked_by="wal_busy")
 
     def _truncate_wal(self) -> bool:
-
-        conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+        try:
+            conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+        except sqlite3.Error:
+            return False
         try:
             conn.execute("PRAGMA busy_timeout=0")
             busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             return bool(busy == 0)
-        except sqlite3.OperationalError:
+        except sqlite3.Error:
             return False
         finally:
             conn.close()
@@ -209,10 +219,6 @@ class SQLiteDatabase(Database):
         await asyncio.get_running_loop().run_in_executor(self._executor, fn)
         self._executor.shutdown(wait=True)
         self._reclaimer.shutdown(wait=True)
-
-
-def _sqlite_args() -> dict[str, Any]:
-    return {"check_same_thread": False, "isolation_level": None}
 
 
 def _sqlite_begin(conn: sa.Connection) -> None:
@@ -239,18 +245,25 @@ class PostgresDatabase(Database):
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._closed = False
+        self._vacuum: asyncio.Task[ReclaimReport] | None = None
+        self._vacuumed_at = float("-inf")
 
     @classmethod
     async def open(cls, url: str, *, pool_size: int = 10) -> PostgresDatabase:
+        target, connect_args = asyncpg_url(url)
         engine = create_async_engine(
-            asyncpg_url(url),
+            target,
             pool_size=pool_size,
             max_overflow=pool_size,
             pool_timeout=10,
             pool_pre_ping=True,
+            # The claims, leases and audit lock are written for READ
+            # COMMITTED, whatever the server's default says.
+            isolation_level="READ COMMITTED",
+            hide_parameters=True,
             # A statement that hangs (a lock held by a stuck session) fails
             # the request rather than holding it forever.
-            connect_args={"command_timeout": 30, "timeout": 10},
+            connect_args={"command_timeout": 30, "timeout": 10, **connect_args},
         )
         db = cls(engine)
         try:
@@ -282,9 +295,25 @@ class PostgresDatabase(Database):
     async def reclaim(self) -> ReclaimReport:
         """Vacuum the narrow key table so the dead tuples of erased keys are
         pruned now rather than whenever autovacuum comes by. ``SKIP_LOCKED``:
-        if another instance is vacuuming it, that one does the work."""
+        if another instance is vacuuming it, that one does the work. Callers
+        at the same moment share one vacuum, and one finished within
+        :data:`VACUUM_COALESCE` seconds serves too."""
         if self._closed:
             return ReclaimReport(complete=False, blocked_by="closed")
+        loop = asyncio.get_running_loop()
+        if self._vacuum is None:
+            if loop.time() - self._vacuumed_at < VACUUM_COALESCE:
+                return ReclaimReport(complete=True)
+            self._vacuum = asyncio.ensure_future(self._vacuum_keys())
+        task = self._vacuum
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done() and self._vacuum is task:
+                self._vacuum = None
+                self._vacuumed_at = loop.time()
+
+    async def _vacuum_keys(self) -> ReclaimReport:
         try:
             async with self.engine.connect() as conn:
                 auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -299,14 +328,41 @@ class PostgresDatabase(Database):
         await self.engine.dispose()
 
 
-def asyncpg_url(url: str) -> URL:
-    """``postgresql://…`` as SQLAlchemy's asyncpg URL. ConfigError (without
-    the URL, which may hold a password) if it cannot be parsed."""
+#: libpq's names for the TLS modes, which asyncpg's ``ssl`` also takes.
+_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def asyncpg_url(url: str) -> tuple[URL, dict[str, Any]]:
+    """``postgresql://…`` as SQLAlchemy's asyncpg URL and the connection
+    arguments its libpq-style parameters mean (``sslmode``,
+    ``connect_timeout``, ``application_name``). ConfigError — never quoting
+    the URL, which may hold a password — for anything else."""
     try:
         parsed = make_url(url.replace("postgres://", "postgresql://", 1))
-    except sqlalchemy.exc.ArgumentError:
+        parsed.port  # noqa: B018 - parses the port: ValueError if it is not a number
+    except (sqlalchemy.exc.ArgumentError, ValueError):
         raise ConfigError("FILESTORE_DATABASE_URL is not a valid database URL") from None
-    return parsed.set(drivername="postgresql+asyncpg")
+    args: dict[str, Any] = {}
+    for name, value in parsed.query.items():
+        text = value if isinstance(value, str) else value[-1]
+        if name == "sslmode":
+            if text not in _SSL_MODES:
+                modes = ", ".join(_SSL_MODES)
+                raise ConfigError(f"FILESTORE_DATABASE_URL: sslmode must be one of {modes}")
+            args["ssl"] = text
+        elif name == "connect_timeout":
+            try:
+                args["timeout"] = float(text)
+            except ValueError:
+                raise ConfigError("FILESTORE_DATABASE_URL: connect_timeout is seconds") from None
+        elif name == "application_name":
+            args["server_settings"] = {"application_name": text}
+        else:
+            raise ConfigError(
+                f"FILESTORE_DATABASE_URL: parameter {name!r} is not supported (sslmode, "
+                "connect_timeout and application_name are)"
+            )
+    return parsed.set(drivername="postgresql+asyncpg", query={}), args
 
 
 def _migrate_postgres(conn: sa.Connection) -> None:
@@ -318,7 +374,11 @@ def _migrate_postgres(conn: sa.Connection) -> None:
     try:
         upgrade(conn)
     finally:
+        # A failed migration leaves the transaction aborted: roll back first,
+        # or the unlock itself fails and hides the real error.
+        conn.rollback()
         conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+        conn.commit()
 
 
 async def schema_revision(url: str, sqlite_path: Path) -> str | None:
@@ -341,7 +401,13 @@ async def schema_revision(url: str, sqlite_path: Path) -> str | None:
             return await asyncio.to_thread(read)
         except _FAILURES as exc:
             raise _unavailable(exc) from exc
-    engine = create_async_engine(asyncpg_url(url), poolclass=sa.pool.NullPool)
+    target, connect_args = asyncpg_url(url)
+    engine = create_async_engine(
+        target,
+        poolclass=sa.pool.NullPool,
+        hide_parameters=True,
+        connect_args={"timeout": 10, **connect_args},
+    )
     try:
         async with engine.connect() as conn:
             return await conn.run_sync(current_revision)

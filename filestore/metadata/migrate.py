@@ -17,6 +17,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 
 from filestore.errors import ConfigError
 
@@ -61,7 +62,11 @@ def upgrade(conn: sa.Connection) -> None:
             )
         current = current_revision(conn)
     script = ScriptDirectory.from_config(config)
-    if current is not None and script.get_revision(current) is None:
+    try:
+        known = current is None or script.get_revision(current) is not None
+    except CommandError:
+        known = False
+    if not known:
         raise ConfigError(
             f"the metadata database is at schema revision {current}, newer than this "
             "filestore knows: upgrade filestore before pointing it at this database"

@@ -21,11 +21,12 @@ discard            uploading                   (row removed)
 begin_delete       uploading, active, or       purging (lease, reason kept if
                    purging with a lapsed or    already purging)
                    own lease
-claim_expired      due (see :func:`due`)       purging (reason ``expired``
-                                               unless one was recorded)
+claim_expired      due (:func:`due_expired`,   purging (reason ``expired``
+                   :func:`due_abandoned`)      unless one was recorded)
 record_failure     purging, held by the owner  purging, lease released,
                                                retried after a backoff
-finish_delete      purging, held by the owner  purged (+ one audit record)
+finish_delete      purging (any deleter whose  purged (+ one audit record)
+                   steps all succeeded)
 =================  ==========================  ===============================
 """
 
@@ -96,6 +97,15 @@ def held_by(owner: str) -> ColumnElement[bool]:
     return sa.and_(state_is(FileState.PURGING), files.c.lease_owner == owner)
 
 
+def may_finish() -> ColumnElement[bool]:
+    """A deleter that erased the key and saw the blob gone may mark the row
+    purged even if its lease lapsed meanwhile: its steps are done and
+    idempotent, and whoever finishes first writes the one record. (Requiring
+    the lease would let a batch slower than its lease be taken over and
+    redone forever.)"""
+    return state_is(FileState.PURGING)
+
+
 def may_lease(owner: str, now: float) -> ColumnElement[bool]:
     """A deleter may take the row: it is not purged, and nobody else holds a
     live lease on it."""
@@ -131,12 +141,9 @@ def due_abandoned(now: float) -> ColumnElement[bool]:
 
 
 # ------------------------------------------------------------------- retry
-#: Longest wait before a failed deletion is retried.
-MAX_BACKOFF = 600.0
-
-
-def backoff(attempts: int, interval: float) -> float:
+def backoff(attempts: int, interval: float, cap: float) -> float:
     """Seconds to wait after the ``attempts``-th failure: doubling from one
-    purge interval, capped at :data:`MAX_BACKOFF` (never past the 24-hour
-    bound for long: the status counts every file that waits)."""
-    return float(min(interval * 2 ** min(attempts, 20), MAX_BACKOFF))
+    purge interval, never more than ``cap``. The cap is the slack the 24-hour
+    budget leaves (``Settings.retry_cap``): waiting longer would spend the
+    promise on backing off once the fault has cleared."""
+    return float(min(interval * 2 ** min(attempts, 20), max(interval, cap)))

@@ -42,6 +42,7 @@ files = sa.Table(
     sa.CheckConstraint(
         "state IN ('uploading', 'active', 'purging', 'purged')", name="files_state_check"
     ),
+    sa.CheckConstraint("length(id) = 16", name="files_id_length_check"),
     sqlite_with_rowid=False,
 )
 

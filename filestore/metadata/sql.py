@@ -299,8 +299,10 @@ class SQLFileStore(_Part):
 
         def fn(conn: sa.Connection) -> None:
             for part in _chunks(file_ids):
-                conn.execute(file_keys.delete().where(file_keys.c.file_id.in_(part)))
+                # The files rows first, then their keys: the order every
+                # writer takes them in, so two never deadlock.
                 conn.execute(files.update().where(files.c.id.in_(part)).values(sealed=None))
+                conn.execute(file_keys.delete().where(file_keys.c.file_id.in_(part)))
 
         await self._write(fn)
 
@@ -321,7 +323,7 @@ class SQLFileStore(_Part):
                     bytes(r)
                     for r in conn.execute(
                         files.update()
-                        .where(files.c.id.in_(part), rules.held_by(owner))
+                        .where(files.c.id.in_(part), rules.may_finish())
                         .values(
                             state=str(FileState.PURGED),
                             deleted_at=now,
@@ -502,6 +504,17 @@ class SQLFileStore(_Part):
             return commitment
 
         return await self._write(fn)
+
+    async def latest_commitment(self) -> tuple[int, bytes] | None:
+        def fn(conn: sa.Connection) -> tuple[int, bytes] | None:
+            row = conn.execute(
+                sa.select(kek_commitments.c.kek_id, kek_commitments.c.commitment)
+                .order_by(kek_commitments.c.kek_id.desc())
+                .limit(1)
+            ).first()
+            return None if row is None else (int(row[0]), bytes(row[1]))
+
+        return await self._read(fn)
 
     async def report_pass(self, status: InstanceStatus) -> None:
         values = {

@@ -25,7 +25,7 @@ async def test_status_run_and_metrics(gateway: Gateway) -> None:
     assert status["oldest_live_file_age_seconds"] == 150
     assert status["last_pass"] is None
     assert status["scheduler"]["running"] is False
-    assert status["health"] == {"database": "ok", "storage": "ok"}
+    assert status["health"] == {"database": "ok", "storage": "ok", "keys": "ok"}
 
     run = await gateway.client.post("/v1/purge/run", headers=ops)
     assert run.status == 200

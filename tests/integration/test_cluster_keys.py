@@ -17,10 +17,13 @@ import pytest
 
 from filestore import ids
 from filestore.clock import ManualClock
+from filestore.crypto.ratchet import RatchetKeyring
 from filestore.crypto.schedule import RatchetKeys
 from filestore.errors import ConfigError, KeyNotFound
 from filestore.metadata.base import Role
+from filestore.metadata.sql import SQLMetadataStore
 from scheduler.keys import manage_keys
+from tests.support import db
 from tests.support.db import MetadataBackend
 from tests.support.gateway import Gateway, running_gateway
 from tests.support.seaweed import SeaweedServer
@@ -182,3 +185,52 @@ async def test_past_its_deadline_an_epoch_is_unreadable_before_the_file_advances
         with pytest.raises(KeyNotFound, match="deadline"):
             keys.unwrap(key.kek_id, key.file_id, key.wrapped)
         assert keys.ratchet.oldest_epoch == key.kek_id  # not advanced yet, still refused
+
+
+async def test_a_split_brain_found_mid_run_stops_uploads(cluster: Any) -> None:
+    """Another commitment for the epoch this instance moves into (an
+    instance on other keys got there first): the key step refuses, uploads
+    answer 503 and readiness fails, rather than wrapping keys nobody else
+    can unwrap."""
+    async with cluster("a") as a:
+        keys = a.services.keyring
+        assert isinstance(keys, RatchetKeys)
+        a.clock.advance(a.settings.kek_rotation)
+        await db.execute(
+            a.services,
+            "INSERT INTO kek_commitments (kek_id, commitment, recorded_at) VALUES (:k, :c, 0)",
+            k=keys.active_id,
+            c=secrets.token_bytes(32),
+        )
+        ops = await a.auth("acme", Role.OPERATOR)
+        await a.client.post("/v1/purge/run", headers=ops)
+        resp = await a.client.post("/v1/files", data=b"x", headers=await a.auth())
+        assert resp.status == 503
+        ready = await a.client.get("/readyz")
+        assert ready.status == 503 and (await ready.json())["checks"]["keys"] == "failing"
+
+
+async def test_a_founder_whose_reply_was_lost_keeps_its_ratchet(
+    cluster: Any, tmp_path: Path, metadata_backend: MetadataBackend
+) -> None:
+    """The founding commitment was stored but the instance died before it
+    renamed its candidate file: on restart it adopts the candidate instead of
+    locking itself out of the cluster it founded."""
+    data = tmp_path / "founder" / "data" / "keys"
+    data.mkdir(parents=True, mode=0o700)
+    candidate = RatchetKeyring.create(data / "ratchet.json.candidate", 1_800_000_000.0, HOUR)
+    now = 1_800_000_000.0
+    epoch = candidate.current_epoch(now)
+    store = await SQLMetadataStore.open(metadata_backend.url)
+    try:
+        stored = await store.files.record_commitment(
+            epoch, candidate.commitment(epoch, now), now, founding=True
+        )
+        assert stored is not None
+    finally:
+        await store.close()
+    async with cluster("founder") as founder:
+        keys = founder.services.keyring
+        assert isinstance(keys, RatchetKeys)
+        assert keys.commitment(epoch) == candidate.commitment(epoch, now)
+        assert not (data / "ratchet.json.candidate").exists()

@@ -49,6 +49,15 @@ async def rows(where: Services | MetadataStore, sql: str, **params: Any) -> list
     return await _store(where).db.run(fn)
 
 
+async def execute(where: Services | MetadataStore, sql: str, **params: Any) -> int:
+    """Run a statement that returns no rows; its row count."""
+
+    def fn(conn: sa.Connection) -> int:
+        return int(conn.execute(sa.text(sql), params).rowcount)
+
+    return await _store(where).db.run(fn)
+
+
 async def scalar(where: Services | MetadataStore, sql: str, **params: Any) -> Any:
     (row,) = await rows(where, sql, **params)
     return row[0]

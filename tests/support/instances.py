@@ -127,6 +127,8 @@ class Instance:
                 self.proc.kill()
                 self.proc.wait(10)
         self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         return int(self.proc.returncode)
 
 

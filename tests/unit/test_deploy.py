@@ -713,3 +713,9 @@ def test_nginx_check_rejects_a_broken_config(tmp_path: Path) -> None:
     result = nginx_test(broken, tmp_path)
     assert result.returncode != 0
     assert "proxy_buffering" in result.stderr
+
+
+def test_nginx_never_forwards_the_key_hand_over() -> None:
+    text = (ROOT / "deploy" / "nginx.conf").read_text()
+    block = text[text.index("location ^~ /v1/cluster/") :]
+    assert block.split("}")[0].strip().endswith("return 404;")

@@ -50,6 +50,7 @@ def upgrade() -> None:
         sa.CheckConstraint(
             "state IN ('uploading', 'active', 'purging', 'purged')", name="files_state_check"
         ),
+        sa.CheckConstraint("length(id) = 16", name="files_id_length_check"),
         sqlite_with_rowid=False,
     )
     op.create_table(
