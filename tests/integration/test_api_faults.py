@@ -525,7 +525,11 @@ async def test_database_outage_is_503_not_500(
 
         ready = await gw.client.get("/readyz")
         assert ready.status == 503, await ready.text()
-        assert (await ready.json())["checks"] == {"database": "failing", "storage": "ok", "keys": "ok"}
+        assert (await ready.json())["checks"] == {
+            "database": "failing",
+            "storage": "ok",
+            "keys": "ok",
+        }
         assert_retry_after(ready.headers)
         # Liveness is not readiness: the process still serves.
         assert (await gw.client.get("/healthz")).status == 200
