@@ -33,7 +33,7 @@ from filestore.crypto.join import JoinRequest, load_cluster_secret
 from filestore.crypto.ratchet import RatchetKeyring, RatchetState
 from filestore.crypto.schedule import RatchetKeys
 from filestore.errors import AuthError, ConfigError
-from filestore.metadata.base import FileStore
+from filestore.metadata.base import ClusterStore
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ JOIN_TIMEOUT = 5.0
 MAX_ANSWER = 4096
 
 
-async def open_ratchet(settings: Settings, files: FileStore, clock: Clock) -> RatchetKeys:
+async def open_ratchet(settings: Settings, cluster: ClusterStore, clock: Clock) -> RatchetKeys:
     """This instance's ratchet, loaded, joined or founded, advanced past
     every epoch due for destruction, and checked against the cluster's."""
     psk = await asyncio.to_thread(load_cluster_secret, Path(settings.cluster_secret_file))
@@ -51,16 +51,16 @@ async def open_ratchet(settings: Settings, files: FileStore, clock: Clock) -> Ra
     try:
         ratchet = await asyncio.to_thread(RatchetKeyring.load, path)
     except FileNotFoundError:
-        ratchet = await _obtain(settings, psk, files, clock)
+        ratchet = await _obtain(settings, psk, cluster, clock)
     destroyed = await asyncio.to_thread(ratchet.advance, clock.now(), settings.kek_destroy_after)
     keys = RatchetKeys(ratchet, clock, settings.kek_destroy_after)
     keys.note_destroyed(destroyed, clock.now())
-    await check_commitment(keys, files, clock.now())
+    await check_commitment(keys, cluster, clock.now())
     return keys
 
 
 async def _obtain(
-    settings: Settings, psk: bytes, files: FileStore, clock: Clock
+    settings: Settings, psk: bytes, cluster: ClusterStore, clock: Clock
 ) -> RatchetKeyring:
     path = settings.ratchet_path
     await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True, mode=0o700)
@@ -71,7 +71,7 @@ async def _obtain(
         if state is not None:
             log.info("joined the cluster's key schedule from a peer")
             return await asyncio.to_thread(RatchetKeyring.from_state, path, state)
-        founded = await _found(settings, files, clock)
+        founded = await _found(settings, cluster, clock)
         if founded is not None:
             log.info("no cluster key schedule existed: this instance founded one")
             return founded
@@ -83,7 +83,7 @@ async def _obtain(
         await asyncio.sleep(1.0)
 
 
-async def _found(settings: Settings, files: FileStore, clock: Clock) -> RatchetKeyring | None:
+async def _found(settings: Settings, cluster: ClusterStore, clock: Clock) -> RatchetKeyring | None:
     """Create a ratchet as the cluster's first instance, if the database
     agrees that there is none yet; None if another instance got there first."""
     path = settings.ratchet_path
@@ -103,8 +103,8 @@ async def _found(settings: Settings, files: FileStore, clock: Clock) -> RatchetK
         return None
     epoch = candidate.current_epoch(now)
     commitment = candidate.commitment(epoch, now)
-    won = await files.record_commitment(epoch, commitment, now, founding=True)
-    if won is None and await _is_recorded(files, candidate, now):
+    won = await cluster.record_commitment(epoch, commitment, now, founding=True)
+    if won is None and await _is_recorded(cluster, candidate, now):
         won = commitment
     if won is None:
         await asyncio.to_thread(candidate_path.unlink)
@@ -113,9 +113,9 @@ async def _found(settings: Settings, files: FileStore, clock: Clock) -> RatchetK
     return await asyncio.to_thread(RatchetKeyring.load, path)
 
 
-async def _is_recorded(files: FileStore, candidate: RatchetKeyring, now: float) -> bool:
+async def _is_recorded(cluster: ClusterStore, candidate: RatchetKeyring, now: float) -> bool:
     """Whether the newest stored commitment is this candidate's."""
-    latest = await files.latest_commitment()
+    latest = await cluster.latest_commitment()
     if latest is None or latest[0] < candidate.oldest_epoch:
         return False
     return bool(candidate.commitment(latest[0], now) == latest[1])

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from filestore.crypto.schedule import KekSource, RatchetKeys
 from filestore.errors import KeyNotFound, SplitBrain
-from filestore.metadata.base import FileStore
+from filestore.metadata.base import ClusterStore
 
 
-async def check_commitment(keys: KekSource, files: FileStore, now: float) -> None:
+async def check_commitment(keys: KekSource, cluster: ClusterStore, now: float) -> None:
     """Record (or compare) the commitment of the KEK new keys are wrapped
     under; ConfigError on a split brain."""
     kek_id = keys.active_id
@@ -25,7 +25,7 @@ async def check_commitment(keys: KekSource, files: FileStore, now: float) -> Non
     # Before seeding a new KEK's commitment, agree with the newest one on
     # record, so an instance on the wrong keys cannot be the first to seed
     # the next epoch and lock the right ones out.
-    latest = await files.latest_commitment()
+    latest = await cluster.latest_commitment()
     if latest is not None and latest[0] != kek_id:
         try:
             agrees = keys.commitment(latest[0]) == latest[1]
@@ -33,7 +33,7 @@ async def check_commitment(keys: KekSource, files: FileStore, now: float) -> Non
             agrees = True  # destroyed here already: nothing left to compare
         if not agrees:
             _refuse(keys, latest[0])
-    stored = await files.record_commitment(kek_id, ours, now)
+    stored = await cluster.record_commitment(kek_id, ours, now)
     if stored != ours:
         _refuse(keys, kek_id)
 

@@ -88,7 +88,7 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Async
         keyring: KekSource
         secret: bytes | None = None
         if settings.key_schedule == "ratchet":
-            keyring = await open_ratchet(settings, metadata.files, clock)
+            keyring = await open_ratchet(settings, metadata.cluster, clock)
             secret = await asyncio.to_thread(
                 load_cluster_secret, Path(settings.cluster_secret_file)
             )
@@ -96,7 +96,7 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Async
             keyring = await asyncio.to_thread(
                 Keyring.load_or_create, settings.keyring_path, clock.now()
             )
-            await check_commitment(keyring, metadata.files, clock.now())
+            await check_commitment(keyring, metadata.cluster, clock.now())
         blobs = await open_blobs(settings)
         stack.push_async_callback(blobs.close)
         lifecycle = Lifecycle(settings, metadata, blobs, keyring, clock)

@@ -100,7 +100,7 @@ async def manage_keys(
             continue  # another process destroyed it (and recorded it) first
         report.destroyed.append(kek_id)
         log.info("destroyed key-encryption key %d", kek_id)
-    await check_commitment(keyring, metadata.files, now)
+    await check_commitment(keyring, metadata.cluster, now)
     return report
 
 
@@ -131,5 +131,5 @@ async def _advance_ratchet(
         del keys.unaudited[epoch]
     # Every instance records (or checks) the commitment of the epoch it now
     # wraps under: a split brain is found within one pass.
-    await check_commitment(keys, metadata.files, now)
+    await check_commitment(keys, metadata.cluster, now)
     return report

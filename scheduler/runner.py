@@ -166,7 +166,7 @@ class PurgeScheduler:
         status.reclaim_blocked_total += report.reclaim_blocked is not None
 
         async def tell_cluster() -> None:
-            await svc.metadata.files.report_pass(
+            await svc.metadata.cluster.report_pass(
                 InstanceStatus(
                     instance=eraser.instance,
                     started_at=report.started_at,

@@ -51,7 +51,7 @@ async def _stats(request: web.Request) -> PurgeStats | None:
 
 async def _instances(request: web.Request) -> list[InstanceStatus] | None:
     try:
-        return await services(request).metadata.files.instance_passes()
+        return await services(request).metadata.cluster.instance_passes()
     except FilestoreError:
         return None
 

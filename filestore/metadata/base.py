@@ -3,6 +3,8 @@
 * :class:`FileStore` — files, their wrapped keys and the deletion leases;
 * :class:`AuditStore` — the deletion log and its signed checkpoints;
 * :class:`ApiKeyStore` — the API keys;
+* :class:`ClusterStore` — what the instances sharing the database tell each
+  other (KEK commitments, their last purge passes);
 * :class:`MetadataStore` — one database holding the three, plus health.
 
 The rules of the lifecycle (which transitions are allowed, who may see a
@@ -225,7 +227,12 @@ class FileStore(Protocol):
     async def keys_wrapped_under(self, kek_id: int, limit: int) -> list[bytes]:
         """Ids of files whose key is still wrapped under ``kek_id``."""
 
-    # ------------------------------------------------------- key schedule
+
+class ClusterStore(Protocol):
+    """What the instances sharing one database tell each other: the
+    commitments of the KEKs they wrap under (a split brain shows as a
+    mismatch) and each instance's last purge pass."""
+
     async def record_commitment(
         self, kek_id: int, commitment: bytes, now: float, *, founding: bool = False
     ) -> bytes | None:
@@ -237,7 +244,6 @@ class FileStore(Protocol):
     async def latest_commitment(self) -> tuple[int, bytes] | None:
         """The newest KEK id with a stored commitment, and the commitment."""
 
-    # ---------------------------------------------------------- instances
     async def report_pass(self, status: InstanceStatus) -> None:
         """Record an instance's last pass, for the cluster-wide status."""
 
@@ -309,7 +315,7 @@ class ApiKeyStore(Protocol):
 
 
 class MetadataStore(Protocol):
-    """One metadata database: the three stores above, and its health."""
+    """One metadata database: the stores above, and its health."""
 
     @property
     def name(self) -> str:
@@ -323,6 +329,9 @@ class MetadataStore(Protocol):
 
     @property
     def api_keys(self) -> ApiKeyStore: ...
+
+    @property
+    def cluster(self) -> ClusterStore: ...
 
     async def check(self) -> None:
         """Raise MetadataUnavailable unless the database answers."""

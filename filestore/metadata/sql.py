@@ -482,89 +482,6 @@ class SQLFileStore(_Part):
 
         return await self._read(fn)
 
-    async def record_commitment(
-        self, kek_id: int, commitment: bytes, now: float, *, founding: bool = False
-    ) -> bytes | None:
-        def fn(conn: sa.Connection) -> bytes | None:
-            # Under the audit lock: two instances founding a cluster at once
-            # cannot both win.
-            self._db.lock_audit(conn)
-            if founding and conn.execute(sa.select(kek_commitments.c.kek_id).limit(1)).first():
-                return None
-            stored = conn.execute(
-                sa.select(kek_commitments.c.commitment).where(kek_commitments.c.kek_id == kek_id)
-            ).scalar()
-            if stored is not None:
-                return bytes(stored)
-            conn.execute(
-                kek_commitments.insert().values(
-                    kek_id=kek_id, commitment=commitment, recorded_at=now
-                )
-            )
-            return commitment
-
-        return await self._write(fn)
-
-    async def latest_commitment(self) -> tuple[int, bytes] | None:
-        def fn(conn: sa.Connection) -> tuple[int, bytes] | None:
-            row = conn.execute(
-                sa.select(kek_commitments.c.kek_id, kek_commitments.c.commitment)
-                .order_by(kek_commitments.c.kek_id.desc())
-                .limit(1)
-            ).first()
-            return None if row is None else (int(row[0]), bytes(row[1]))
-
-        return await self._read(fn)
-
-    async def report_pass(self, status: InstanceStatus) -> None:
-        values = {
-            "started_at": status.started_at,
-            "finished_at": status.finished_at,
-            "purged": status.purged,
-            "failed": status.failed,
-            "max_overdue": status.max_overdue,
-            "error": status.error,
-            "reclaim_blocked": status.reclaim_blocked,
-        }
-
-        def fn(conn: sa.Connection) -> None:
-            done = conn.execute(
-                instance_passes.update()
-                .where(instance_passes.c.instance == status.instance)
-                .values(**values)
-            )
-            if done.rowcount == 0:
-                conn.execute(instance_passes.insert().values(instance=status.instance, **values))
-            # Instance names are per process: forget the ones gone a day.
-            conn.execute(
-                instance_passes.delete().where(
-                    instance_passes.c.finished_at < status.finished_at - INSTANCE_MEMORY
-                )
-            )
-
-        await self._write(fn)
-
-    async def instance_passes(self) -> list[InstanceStatus]:
-        def fn(conn: sa.Connection) -> list[InstanceStatus]:
-            rows = conn.execute(
-                sa.select(instance_passes).order_by(instance_passes.c.finished_at.desc())
-            ).all()
-            return [
-                InstanceStatus(
-                    instance=str(r.instance),
-                    started_at=float(r.started_at),
-                    finished_at=float(r.finished_at),
-                    purged=int(r.purged),
-                    failed=int(r.failed),
-                    max_overdue=float(r.max_overdue),
-                    error=r.error,
-                    reclaim_blocked=r.reclaim_blocked,
-                )
-                for r in rows
-            ]
-
-        return await self._read(fn)
-
 
 # ------------------------------------------------------------------- audit
 class SQLAuditStore(_Part):
@@ -692,6 +609,94 @@ class SQLAuditStore(_Part):
         )
 
 
+# ----------------------------------------------------------------- cluster
+class SQLClusterStore(_Part):
+    """:class:`~filestore.metadata.base.ClusterStore` on SQLAlchemy Core."""
+
+    async def record_commitment(
+        self, kek_id: int, commitment: bytes, now: float, *, founding: bool = False
+    ) -> bytes | None:
+        def fn(conn: sa.Connection) -> bytes | None:
+            # Under the audit lock: two instances founding a cluster at once
+            # cannot both win.
+            self._db.lock_audit(conn)
+            if founding and conn.execute(sa.select(kek_commitments.c.kek_id).limit(1)).first():
+                return None
+            stored = conn.execute(
+                sa.select(kek_commitments.c.commitment).where(kek_commitments.c.kek_id == kek_id)
+            ).scalar()
+            if stored is not None:
+                return bytes(stored)
+            conn.execute(
+                kek_commitments.insert().values(
+                    kek_id=kek_id, commitment=commitment, recorded_at=now
+                )
+            )
+            return commitment
+
+        return await self._write(fn)
+
+    async def latest_commitment(self) -> tuple[int, bytes] | None:
+        def fn(conn: sa.Connection) -> tuple[int, bytes] | None:
+            row = conn.execute(
+                sa.select(kek_commitments.c.kek_id, kek_commitments.c.commitment)
+                .order_by(kek_commitments.c.kek_id.desc())
+                .limit(1)
+            ).first()
+            return None if row is None else (int(row[0]), bytes(row[1]))
+
+        return await self._read(fn)
+
+    async def report_pass(self, status: InstanceStatus) -> None:
+        values = {
+            "started_at": status.started_at,
+            "finished_at": status.finished_at,
+            "purged": status.purged,
+            "failed": status.failed,
+            "max_overdue": status.max_overdue,
+            "error": status.error,
+            "reclaim_blocked": status.reclaim_blocked,
+        }
+
+        def fn(conn: sa.Connection) -> None:
+            done = conn.execute(
+                instance_passes.update()
+                .where(instance_passes.c.instance == status.instance)
+                .values(**values)
+            )
+            if done.rowcount == 0:
+                conn.execute(instance_passes.insert().values(instance=status.instance, **values))
+            # Instance names are per process: forget the ones gone a day.
+            conn.execute(
+                instance_passes.delete().where(
+                    instance_passes.c.finished_at < status.finished_at - INSTANCE_MEMORY
+                )
+            )
+
+        await self._write(fn)
+
+    async def instance_passes(self) -> list[InstanceStatus]:
+        def fn(conn: sa.Connection) -> list[InstanceStatus]:
+            rows = conn.execute(
+                sa.select(instance_passes).order_by(instance_passes.c.finished_at.desc())
+            ).all()
+            return [
+                InstanceStatus(
+                    instance=str(r.instance),
+                    started_at=float(r.started_at),
+                    finished_at=float(r.finished_at),
+                    purged=int(r.purged),
+                    failed=int(r.failed),
+                    max_overdue=float(r.max_overdue),
+                    error=r.error,
+                    reclaim_blocked=r.reclaim_blocked,
+                )
+                for r in rows
+            ]
+
+        return await self._read(fn)
+
+
 # ---------------------------------------------------------------- API keys
 class SQLApiKeyStore(_Part):
     """:class:`~filestore.metadata.base.ApiKeyStore` on SQLAlchemy Core."""
@@ -741,8 +746,8 @@ class SQLApiKeyStore(_Part):
 
 # ------------------------------------------------------------------- whole
 class SQLMetadataStore:
-    """:class:`~filestore.metadata.base.MetadataStore`: the three stores on
-    one database. Open with :meth:`open`."""
+    """:class:`~filestore.metadata.base.MetadataStore`: the stores on one
+    database. Open with :meth:`open`."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -750,6 +755,7 @@ class SQLMetadataStore:
         self.files = SQLFileStore(db)
         self.audit = SQLAuditStore(db)
         self.api_keys = SQLApiKeyStore(db)
+        self.cluster = SQLClusterStore(db)
 
     @classmethod
     async def open(

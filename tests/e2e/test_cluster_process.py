@@ -184,7 +184,7 @@ async def test_three_gateways_one_service(
                 assert min(traffic.by.values()) >= FILES // 3
                 assert traffic.late_checks == FILES and traffic.served_after_expiry == []
                 await _eventually_purged(store, FILES)
-                passes = await store.files.instance_passes()
+                passes = await store.cluster.instance_passes()
                 assert len(passes) == 3
                 actors = Counter(r.actor for r in await store.audit.records(0, 100_000))
                 assert len(actors) >= 2, actors  # the purge was shared

@@ -223,7 +223,7 @@ async def test_a_founder_whose_reply_was_lost_keeps_its_ratchet(
     epoch = candidate.current_epoch(now)
     store = await SQLMetadataStore.open(metadata_backend.url)
     try:
-        stored = await store.files.record_commitment(
+        stored = await store.cluster.record_commitment(
             epoch, candidate.commitment(epoch, now), now, founding=True
         )
         assert stored is not None

@@ -354,12 +354,14 @@ async def test_keys_wrapped_under_a_kek(store: MetadataStore) -> None:
 
 
 async def test_instance_passes(store: MetadataStore, other: MetadataStore) -> None:
-    assert await store.files.instance_passes() == []
+    assert await store.cluster.instance_passes() == []
     first = InstanceStatus("gw-a", NOW, NOW + 1, 3, 0, 2.5, None, None)
-    await store.files.report_pass(first)
-    await other.files.report_pass(InstanceStatus("gw-b", NOW, NOW + 2, 1, 1, 0.0, "X", "wal_busy"))
-    await store.files.report_pass(InstanceStatus("gw-a", NOW + 5, NOW + 6, 4, 0, 1.0, None, None))
-    passes = await other.files.instance_passes()
+    await store.cluster.report_pass(first)
+    await other.cluster.report_pass(
+        InstanceStatus("gw-b", NOW, NOW + 2, 1, 1, 0.0, "X", "wal_busy")
+    )
+    await store.cluster.report_pass(InstanceStatus("gw-a", NOW + 5, NOW + 6, 4, 0, 1.0, None, None))
+    passes = await other.cluster.instance_passes()
     assert [(p.instance, p.purged) for p in passes] == [("gw-a", 4), ("gw-b", 1)]
     assert passes[1].reclaim_blocked == "wal_busy" and passes[1].error == "X"
 

@@ -134,7 +134,7 @@ async def test_legacy_database_upgrades_in_place(tmp_path: Path) -> None:
         assert await db.scalar(store, "SELECT version_num FROM alembic_version") == (
             head_revision()
         )
-        assert await store.files.instance_passes() == []
+        assert await store.cluster.instance_passes() == []
     finally:
         await store.close()
 
