@@ -24,12 +24,11 @@ import logging
 import os
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 from filestore.clock import Clock
 from filestore.commitment import check_commitment
 from filestore.config import Settings
-from filestore.crypto.join import JoinRequest, load_cluster_secret
+from filestore.crypto.join import JoinRequest
 from filestore.crypto.ratchet import RatchetKeyring, RatchetState
 from filestore.crypto.schedule import RatchetKeys
 from filestore.errors import AuthError, ConfigError
@@ -43,10 +42,12 @@ JOIN_TIMEOUT = 5.0
 MAX_ANSWER = 4096
 
 
-async def open_ratchet(settings: Settings, cluster: ClusterStore, clock: Clock) -> RatchetKeys:
+async def open_ratchet(
+    settings: Settings, cluster: ClusterStore, clock: Clock, psk: bytes
+) -> RatchetKeys:
     """This instance's ratchet, loaded, joined or founded, advanced past
-    every epoch due for destruction, and checked against the cluster's."""
-    psk = await asyncio.to_thread(load_cluster_secret, Path(settings.cluster_secret_file))
+    every epoch due for destruction, and checked against the cluster's.
+    ``psk`` is the cluster secret (:func:`load_cluster_secret`)."""
     path = settings.ratchet_path
     try:
         ratchet = await asyncio.to_thread(RatchetKeyring.load, path)

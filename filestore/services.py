@@ -88,10 +88,10 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Async
         keyring: KekSource
         secret: bytes | None = None
         if settings.key_schedule == "ratchet":
-            keyring = await open_ratchet(settings, metadata.cluster, clock)
             secret = await asyncio.to_thread(
                 load_cluster_secret, Path(settings.cluster_secret_file)
             )
+            keyring = await open_ratchet(settings, metadata.cluster, clock, secret)
         else:
             keyring = await asyncio.to_thread(
                 Keyring.load_or_create, settings.keyring_path, clock.now()

@@ -131,7 +131,11 @@ class SQLiteDatabase(Database):
     @classmethod
     async def open(cls, path: Path) -> SQLiteDatabase:
         db = cls(path)
-        await db._call(db._connect)
+        try:
+            await db._call(db._connect)
+        except BaseException:
+            await db.close()  # its threads and engine, not only its file
+            raise
         return db
 
     def _connect(self) -> None:

@@ -1,8 +1,7 @@
 """The Wycheproof vectors for C2SP chunked encryption (AES-256 and AES-128).
 
-They are not part of this repository: ``VECTOR_DIR`` below names the folder
-they are read from, and without it the tests skip and say so. Each vector is
-one test id.
+The vector files live in ``tests/vectors/wycheproof`` (data under Apache-2.0,
+see the README there); each vector is one test id.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import pytest
 from filestore.crypto import _chunked
 from filestore.errors import IntegrityError
 
-VECTOR_DIR = Path(__file__).parents[2].parent / "shared/vectors/wycheproof"
+VECTOR_DIR = Path(__file__).parents[1] / "vectors" / "wycheproof"
 FILES = (
     "c2sp_chunked_encryption_aes_256_gcm_test.json",
     "c2sp_chunked_encryption_aes_128_gcm_test.json",
