@@ -155,16 +155,6 @@ class PurgeScheduler:
         await step("key epochs", keys)
         await step("checkpoint", checkpoint)
         await step("reclaim", reclaim)
-        status.last_error = "; ".join(errors) or None
-        status.last = report
-        status.passes += 1
-        status.purged_total += report.purged
-        status.failed_total += report.failed
-        status.failures_total.update(report.failures)
-        status.overdue.append((report.finished_at, report.max_overdue))
-        status.reclaim_blocked = report.reclaim_blocked
-        status.reclaim_blocked_total += report.reclaim_blocked is not None
-
         async def tell_cluster() -> None:
             await svc.metadata.cluster.report_pass(
                 InstanceStatus(
@@ -174,13 +164,24 @@ class PurgeScheduler:
                     purged=report.purged,
                     failed=report.failed,
                     max_overdue=report.max_overdue,
-                    error=status.last_error,
+                    error="; ".join(errors) or None,
                     reclaim_blocked=report.reclaim_blocked,
                 )
             )
 
         await step("instance report", tell_cluster)
+        # The figures change together, with no await between them: a reader
+        # of the status never sees half a pass.
         status.last_error = "; ".join(errors) or None
+        status.last = report
+        status.passes += 1
+        status.purged_total += report.purged
+        status.failed_total += report.failed
+        status.failures_total.update(report.failures)
+        status.overdue.append((report.finished_at, report.max_overdue))
+        status.reclaim_blocked = report.reclaim_blocked
+        status.reclaim_blocked_total += report.reclaim_blocked is not None
+        self._note_next_run()
         return report
 
     def start(self, *, keys_only: bool = False) -> None:
