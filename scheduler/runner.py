@@ -232,10 +232,16 @@ class PurgeScheduler:
         self.status.next_run_at = when.timestamp() if when else None
 
     async def stop(self) -> None:
-        """Stop the timer and wait for a pass in flight to finish."""
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
-            self._scheduler = None
+        """Stop the timer and let a pass in flight finish, then shut down.
+
+        APScheduler's asyncio executor cancels the jobs still running when it
+        shuts down, so the timer is paused first (no new pass starts), the
+        pass in flight is awaited through the lock, and only then is the
+        scheduler shut down."""
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            scheduler.pause()
         self.status.running = False
         async with self._lock:
-            pass
+            if scheduler is not None:
+                scheduler.shutdown(wait=False)

@@ -269,3 +269,34 @@ async def test_checkpoints_from_one_long_lived_scheduler_verify(gateway: Gateway
     report = verify_export(lines, svc.signing_key.public_key(), now=gateway.clock.now())
     assert report.records == 11
     assert report.checkpoints >= 4
+
+
+async def test_stop_lets_a_pass_in_flight_finish(gateway: Gateway) -> None:
+    """SIGTERM's path: a pass already running is not cancelled by the stop."""
+    import asyncio
+
+    svc = gateway.services
+    await make_file(svc, ttl=5)
+    gateway.clock.advance(6)
+    scheduler = PurgeScheduler(svc)
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_step(name: str) -> None:
+        if name == "crypto_erased":
+            entered.set()
+            await release.wait()
+
+    svc.lifecycle.eraser.after_step = slow_step
+    try:
+        scheduler.start()
+        await asyncio.wait_for(entered.wait(), 10)
+        stopping = asyncio.ensure_future(scheduler.stop())
+        await asyncio.sleep(0.05)
+        assert not stopping.done()  # waits for the pass
+        release.set()
+        await asyncio.wait_for(stopping, 10)
+    finally:
+        svc.lifecycle.eraser.after_step = None
+    assert scheduler.status.passes == 1 and scheduler.status.last is not None
+    assert scheduler.status.last.purged == 1
