@@ -14,6 +14,8 @@ All functions do blocking file I/O; call them from a thread in async code.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import os
 import secrets
@@ -112,3 +114,14 @@ def write_private_file(path: Path, data: bytes, mode: int = 0o600, *, replace: b
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     _fsync_dir(directory)
+
+
+def b64_or_none(value: object) -> bytes | None:
+    """Strict base64 of a key file's field, or None (the caller says what is
+    wrong without quoting the field)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None

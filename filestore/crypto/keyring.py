@@ -30,7 +30,6 @@ Key bytes never appear in a repr or an exception message.
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import fcntl
 import json
@@ -46,6 +45,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from filestore.crypto._files import b64_or_none as _b64
 from filestore.crypto._files import ensure_private_dir, read_private_file, write_private_file
 from filestore.errors import ConfigError, IntegrityError, KeyNotFound
 
@@ -280,12 +280,3 @@ def _decode(raw: bytes) -> tuple[dict[int, _Kek], int, str | None]:
     if type(active) is not int or active not in keys:
         return {}, 0, "'active' does not name a key in the file"
     return keys, active, None
-
-
-def _b64(value: object) -> bytes | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        return None

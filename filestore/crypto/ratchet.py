@@ -109,7 +109,6 @@ Key bytes never appear in a repr or an exception message.
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import fcntl
 import hmac
@@ -129,6 +128,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from filestore.clock import Clock
+from filestore.crypto._files import b64_or_none as _b64
 from filestore.crypto._files import ensure_private_dir, read_private_file, write_private_file
 from filestore.crypto.keyring import DEK_SIZE, MAX_KEK_ID, NONCE_SIZE, WRAPPED_SIZE, wrap_aad
 from filestore.errors import ConfigError, IntegrityError, KeyNotFound
@@ -645,12 +645,3 @@ def _decode(raw: bytes) -> tuple[RatchetState | None, str]:
     if problem or start is None or length is None or not isinstance(epoch, int) or not secret:
         return None, problem or "invalid values"
     return RatchetState(start, length, epoch, secret), ""
-
-
-def _b64(value: object) -> bytes | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        return None
