@@ -330,7 +330,14 @@ class PostgresDatabase(Database):
         try:
             async with self.engine.connect() as conn:
                 auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                await auto.exec_driver_sql("VACUUM (SKIP_LOCKED) file_keys")
+                # INDEX_CLEANUP ON: by default (AUTO) PostgreSQL skips the
+                # index pass when few pages hold dead rows — the usual case
+                # for one batch among many live keys — and then does not
+                # mark their space reusable, so erased key bytes would sit
+                # in the heap indefinitely (bench/bench_pg_residue.py).
+                await auto.exec_driver_sql(
+                    "VACUUM (INDEX_CLEANUP ON, SKIP_LOCKED) file_keys"
+                )
         except _FAILURES as exc:
             log.warning("could not vacuum file_keys (%s)", type(exc).__name__)
             return ReclaimReport(complete=False, blocked_by="vacuum_failed")

@@ -43,9 +43,33 @@ async def _erase(store: MetadataStore, file_ids: list[bytes]) -> None:
     await store.files.crypto_erase(file_ids)
 
 
-@pytest.mark.parametrize("vacuum", [True, False], ids=["reclaimed", "not-reclaimed"])
+async def _bulk_live_keys(store: MetadataStore, count: int) -> None:
+    """Many live keys, inserted in one statement each table: the realistic
+    case where one purge batch is a small part of the key table."""
+    rows = (
+        "SELECT decode(lpad(to_hex(g), 32, '0'), 'hex') AS id, g FROM generate_series(1, :n) g"
+    )
+    await db.execute(
+        store,
+        "INSERT INTO files (id, tenant, state, kek_id, created_at, expires_at) "
+        f"SELECT id, 't', 'active', 1, 0, 1e10 FROM ({rows}) r",
+        n=count,
+    )
+    await db.execute(
+        store,
+        "INSERT INTO file_keys (file_id, kek_id, wrapped_dek) "
+        f"SELECT id, 1, decode(md5(g::text) || md5(g::text), 'hex') FROM ({rows}) r",
+        n=count,
+    )
+
+
+@pytest.mark.parametrize(
+    ("vacuum", "live"),
+    [(True, 0), (False, 0), (True, 20_000)],
+    ids=["reclaimed", "not-reclaimed", "reclaimed-among-20k-live"],
+)
 async def test_reclaimed_key_space_is_overwritten_wal_keeps_copies(
-    postgres: PostgresServer, pg_database_url: str, vacuum: bool
+    postgres: PostgresServer, pg_database_url: str, vacuum: bool, live: int
 ) -> None:
     if postgres.data_dir is None:
         pytest.skip("the server's files are not on this machine")
@@ -54,6 +78,8 @@ async def test_reclaimed_key_space_is_overwritten_wal_keeps_copies(
         heap = postgres.data_dir / str(
             await db.scalar(store, "SELECT pg_relation_filepath('file_keys')")
         )
+        if live:
+            await _bulk_live_keys(store, live)
         keys = await _add(store, FILES)
         postgres.checkpoint()
         erased = list(keys.values())
