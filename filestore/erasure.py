@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -91,12 +92,18 @@ class Eraser:
         if self.after_step is not None:
             await self.after_step(name)
 
+    def lease_owner(self) -> str:
+        """A lease owner for one operation: the instance plus a token, so two
+        deletions of one file in the same process (a DELETE racing the
+        purge) do not both count as the holder."""
+        return f"{self.instance}:{secrets.token_hex(4)}"
+
     async def lease(self, file_id: bytes, reason: DeleteReason) -> FileRecord | None:
         """Step 1 for one file (DELETE, download limit); None if someone else
         holds it or it is already purged."""
         now = self.clock.now()
         return await self.files.begin_delete(
-            file_id, reason, self.instance, now, now + self.lease_seconds
+            file_id, reason, self.lease_owner(), now, now + self.lease_seconds
         )
 
     async def erase(self, records: Sequence[FileRecord]) -> ErasureReport:
@@ -189,7 +196,10 @@ class Eraser:
         wait = rules.backoff(record.purge_attempts, self.interval, self.retry_cap)
         try:
             await self.files.record_failure(
-                record.id, self.instance, self.clock.now() + wait, type(error).__name__
+                record.id,
+                record.lease_owner or self.instance,
+                self.clock.now() + wait,
+                type(error).__name__,
             )
         except FilestoreError:
             log.warning("could not record a failed deletion; its lease will lapse instead")

@@ -78,11 +78,12 @@ async def purge_pass(
     """
     clock = eraser.clock
     report = PassReport(started_at=clock.now())
+    owner = eraser.lease_owner()  # this pass's leases, apart from a DELETE's
     for _ in range(max_batches):
         now = clock.now()
         try:
             batch = await files.claim_expired(
-                now, batch_size, eraser.instance, now + eraser.lease_seconds
+                now, batch_size, owner, now + eraser.lease_seconds
             )
         except FilestoreError as exc:
             report.error = type(exc).__name__

@@ -43,7 +43,7 @@ async def sweep_stuck_uploads(
     now = eraser.clock.now()
     for record in await metadata.files.stuck_uploads(now - grace, limit):
         leased = await metadata.files.begin_delete(
-            record.id, DeleteReason.ORPHAN, eraser.instance, now, now + eraser.lease_seconds
+            record.id, DeleteReason.ORPHAN, eraser.lease_owner(), now, now + eraser.lease_seconds
         )
         if leased is None:
             continue

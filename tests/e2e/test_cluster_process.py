@@ -174,9 +174,7 @@ async def test_three_gateways_one_service(
             ratchets = [i.data_dir / "keys" / "ratchet.json" for i in instances]
             assert all(p.exists() for p in ratchets)
             ops, _ = await create_key(store, Role.OPERATOR, "default", time.time())
-            async with aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=60)
-            ) as session:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
                 traffic = Traffic(session, instances, key)
                 await asyncio.gather(*(traffic.one(n, instances, TTL) for n in range(FILES)))
                 assert len(traffic.ids) == FILES
@@ -203,8 +201,8 @@ async def test_three_gateways_one_service(
                 while time.monotonic() < deadline and not killed:
                     held = await db.scalar(
                         store,
-                        "SELECT count(*) FROM files WHERE state = 'purging' AND lease_owner = :o",
-                        o=victim_id,
+                        "SELECT count(*) FROM files WHERE state = 'purging' AND lease_owner LIKE :o",
+                        o=victim_id + ":%",
                     )
                     if held:
                         victim.kill()
