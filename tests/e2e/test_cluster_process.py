@@ -201,7 +201,8 @@ async def test_three_gateways_one_service(
                 while time.monotonic() < deadline and not killed:
                     held = await db.scalar(
                         store,
-                        "SELECT count(*) FROM files WHERE state = 'purging' AND lease_owner LIKE :o",
+                        "SELECT count(*) FROM files "
+                        "WHERE state = 'purging' AND lease_owner LIKE :o",
                         o=victim_id + ":%",
                     )
                     if held:
