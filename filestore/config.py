@@ -176,6 +176,9 @@ class Settings:
     join_peers: tuple[str, ...] = ()
     #: How long a new instance keeps asking its peers before it gives up.
     join_wait: float = 60.0
+    #: Largest difference from the database server's clock before this
+    #: instance reports itself not ready (expiry is judged on local clocks).
+    max_clock_skew: float = 5.0
     #: Ed25519 audit signing key; empty means data_dir/keys/audit-signing.pem.
     signing_key_file: str = ""
     #: Secret for signed download links; empty means data_dir/keys/link-signing.key.
@@ -389,6 +392,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "cluster_secret_file": str,
     "join_peers": _parse_peers,
     "join_wait": parse_duration,
+    "max_clock_skew": parse_duration,
     "max_file_size": parse_size,
     "default_ttl": parse_duration,
     "max_ttl": parse_duration,

@@ -8,6 +8,8 @@ anyone, and neither says more than ok/failing per dependency.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -37,7 +39,23 @@ async def check_dependencies(svc: Services) -> dict[str, str]:
         except (FilestoreError, TimeoutError):
             results[name] = "failing"
     results["keys"] = "ok" if svc.lifecycle.uploads.halted is None else "failing"
+    results["clock"] = await _clock(svc, time.time)
     return results
+
+
+async def _clock(svc: Services, local: Callable[[], float]) -> str:
+    """``failing`` when this host's clock is off the database server's by
+    more than ``MAX_CLOCK_SKEW``: expiry is judged on each instance's clock,
+    so instances that disagree would serve or purge files at different
+    times. Compared with the host's real clock, not an injected one."""
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            offset = await svc.metadata.cluster.clock_offset(local)
+    except (FilestoreError, TimeoutError):
+        return "unknown"
+    if offset is None or abs(offset) <= svc.settings.max_clock_skew:
+        return "ok"
+    return "failing"
 
 
 @routes.get("/readyz")

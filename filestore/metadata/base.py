@@ -21,7 +21,7 @@ answered 410 and a receipt can be found. See docs/architecture.md.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -243,6 +243,12 @@ class ClusterStore(Protocol):
 
     async def latest_commitment(self) -> tuple[int, bytes] | None:
         """The newest KEK id with a stored commitment, and the commitment."""
+
+    async def clock_offset(self, local: Callable[[], float]) -> float | None:
+        """The database server's clock minus ``local()`` (seconds, round
+        trip halved), or None where the database has no clock of its own
+        (SQLite runs on this host). Every instance measures against the same
+        server, so their clocks agree within twice the largest offset."""
 
     async def report_pass(self, status: InstanceStatus) -> None:
         """Record an instance's last pass, for the cluster-wide status."""

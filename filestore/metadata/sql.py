@@ -647,6 +647,20 @@ class SQLClusterStore(_Part):
 
         return await self._read(fn)
 
+    async def clock_offset(self, local: Callable[[], float]) -> float | None:
+        if self._db.dialect != "postgresql":
+            return None
+
+        def fn(conn: sa.Connection) -> float:
+            before = local()
+            server = conn.execute(
+                sa.text("SELECT extract(epoch FROM clock_timestamp())")
+            ).scalar_one()
+            after = local()
+            return float(server) - (before + after) / 2
+
+        return await self._read(fn)
+
     async def report_pass(self, status: InstanceStatus) -> None:
         values = {
             "started_at": status.started_at,

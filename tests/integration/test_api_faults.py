@@ -529,6 +529,7 @@ async def test_database_outage_is_503_not_500(
             "database": "failing",
             "storage": "ok",
             "keys": "ok",
+            "clock": "unknown" if metadata_backend.name == "postgresql" else "ok",
         }
         assert_retry_after(ready.headers)
         # Liveness is not readiness: the process still serves.

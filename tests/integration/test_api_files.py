@@ -395,7 +395,12 @@ async def test_health_and_openapi(gateway: Gateway) -> None:
     assert (await gateway.client.get("/healthz")).status == 200
     ready = await gateway.client.get("/readyz")
     assert ready.status == 200
-    assert (await ready.json())["checks"] == {"database": "ok", "storage": "ok", "keys": "ok"}
+    assert (await ready.json())["checks"] == {
+        "database": "ok",
+        "storage": "ok",
+        "keys": "ok",
+        "clock": "ok",
+    }
     doc = await (await gateway.client.get("/openapi.json")).json()
     described = {
         (path, method.upper())

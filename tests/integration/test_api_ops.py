@@ -25,7 +25,7 @@ async def test_status_run_and_metrics(gateway: Gateway) -> None:
     assert status["oldest_live_file_age_seconds"] == 150
     assert status["last_pass"] is None
     assert status["scheduler"]["running"] is False
-    assert status["health"] == {"database": "ok", "storage": "ok", "keys": "ok"}
+    assert status["health"] == {"database": "ok", "storage": "ok", "keys": "ok", "clock": "ok"}
 
     run = await gateway.client.post("/v1/purge/run", headers=ops)
     assert run.status == 200
@@ -106,3 +106,23 @@ async def test_metrics_print_exact_values(gateway: Gateway) -> None:
     assert "filestore_purged_files_total 1234567\n" in text
     assert 'filestore_purge_failures_total{error="Odd\\"Name\\\\x"} 3' in text
     assert 'error="none"' not in text
+
+
+async def test_a_clock_off_the_database_s_fails_readiness(
+    gateway: Gateway, metadata_backend: MetadataBackend
+) -> None:
+    """Expiry is judged on each instance's clock: one that is off the shared
+    database server's clock by more than MAX_CLOCK_SKEW is not ready."""
+    import time
+
+    from filestore.api.health import _clock
+
+    svc = gateway.services
+    assert await _clock(svc, time.time) == "ok"
+    skewed = await _clock(svc, lambda: time.time() + 3 * svc.settings.max_clock_skew)
+    assert skewed == ("failing" if metadata_backend.name == "postgresql" else "ok")
+    offset = await svc.metadata.cluster.clock_offset(lambda: time.time() - 100)
+    if metadata_backend.name == "postgresql":
+        assert offset is not None and 99 < offset < 101
+    else:
+        assert offset is None
