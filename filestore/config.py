@@ -196,7 +196,8 @@ class Settings:
     log_level: str = "INFO"
     #: A client that sends no body bytes for this long is cut off (408).
     read_timeout: float = 60.0
-    #: A download already streaming at expiry may go on this long, then is cut.
+    #: A download already streaming at expiry may go on this long, then is cut
+    #: (unset: 60 s, or the purge interval if that is shorter).
     download_grace: float = 60.0
     #: How often storage is listed for blobs no row claims (orphans).
     sweep_interval: float = 3600.0
@@ -329,6 +330,11 @@ class Settings:
                 # A URL may hold a password: name the setting, not the value.
                 shown = "…" if key in _SECRET_VALUES else repr(value)
                 raise ConfigError(f"FILESTORE_{key.upper()}={shown} is not valid: {exc}") from exc
+        if "download_grace" not in values:
+            # Unset, the grace follows a short purge interval down: it may be
+            # at most one interval (see validate).
+            interval = values.get("purge_interval", cls.purge_interval)
+            values["download_grace"] = min(cls.download_grace, interval)
         settings = replace(cls(), **values)
         settings.validate()
         return settings

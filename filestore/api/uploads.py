@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import aiohttp
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from aiohttp.multipart import (
     BadContentDispositionHeader,
@@ -41,6 +41,8 @@ _MIME_RE = re.compile(
 _HEX64_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 _DIGEST_RE = re.compile(r"(?:^|,)\s*sha-256=:([A-Za-z0-9+/=]+):", re.IGNORECASE)
 READ_SIZE = 256 * 1024
+#: Form fields a client may send after the file part (they are discarded).
+MAX_TRAILING_PARTS = 32
 
 
 def _strict_disposition(parse: Callable[[], T]) -> T:
@@ -207,7 +209,9 @@ async def _raw_chunks(request: web.Request, idle_timeout: float) -> AsyncIterato
         raise ClientGone("the body ended before Content-Length bytes arrived")
 
 
-async def _part_chunks(part: BodyPartReader, idle_timeout: float) -> AsyncIterator[bytes]:
+async def _part_chunks(
+    reader: MultipartReader, part: BodyPartReader, idle_timeout: float
+) -> AsyncIterator[bytes]:
     while True:
         try:
             async with asyncio.timeout(idle_timeout):
@@ -217,8 +221,32 @@ async def _part_chunks(part: BodyPartReader, idle_timeout: float) -> AsyncIterat
         except (ValueError, AssertionError, RuntimeError) as exc:
             raise BadRequest("the multipart body is malformed") from exc
         if not data:
-            return
+            break
         yield data
+    await _read_to_closing_boundary(reader, idle_timeout)
+
+
+async def _read_to_closing_boundary(reader: MultipartReader, idle_timeout: float) -> None:
+    """The file part ended at a boundary; the form must end at its closing
+    one. A body cut after a part boundary would otherwise pass for a whole
+    file (the part's bytes look complete), so the rest of the form is read —
+    a bounded number of further parts, discarded — and must close cleanly,
+    before the upload is committed."""
+    try:
+        for _ in range(MAX_TRAILING_PARTS):
+            async with asyncio.timeout(idle_timeout):
+                extra = await reader.next()
+                if extra is None:
+                    break
+                await extra.release()
+        else:
+            raise BadRequest(f"the form has more than {MAX_TRAILING_PARTS} parts after the file")
+    except _READ_ERRORS as exc:
+        raise _body_error(exc) from exc
+    except (ValueError, AssertionError, RuntimeError, KeyError) as exc:
+        raise BadRequest("the multipart body ended before its closing boundary") from exc
+    if not reader.at_eof():
+        raise BadRequest("the multipart body ended before its closing boundary")
 
 
 async def open_body(request: web.Request, idle_timeout: float) -> Body:
@@ -246,4 +274,6 @@ async def open_body(request: web.Request, idle_timeout: float) -> Body:
         raise BadRequest("the multipart body is malformed") from exc
     filename = validate_filename(_part_filename(part) or "")
     content_type = _content_type(part.headers.get("Content-Type"))
-    return Body(_part_chunks(part, idle_timeout), filename=filename, content_type=content_type)
+    return Body(
+        _part_chunks(reader, part, idle_timeout), filename=filename, content_type=content_type
+    )

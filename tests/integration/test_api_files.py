@@ -119,6 +119,58 @@ async def test_malformed_multipart(gateway: Gateway) -> None:
     assert gateway.blob_files() == []
 
 
+@pytest.mark.parametrize(
+    "ending",
+    [
+        "\r\n--{b}\r\n",  # a part boundary, then nothing: no closing boundary
+        "\r\n--{b}",  # cut inside the boundary line
+        '\r\n--{b}\r\nContent-Disposition: form-data; name="x"\r\n\r\nmore',
+        "",  # cut inside the file's own bytes
+    ],
+    ids=["after-part-boundary", "in-boundary", "in-next-part", "in-file-data"],
+)
+async def test_truncated_multipart_is_refused_and_leaves_nothing(
+    gateway: Gateway, ending: str
+) -> None:
+    """A form whose body ends before its closing boundary is not a whole
+    file, however complete the file part looks (found by the hostile-input
+    battery: it used to be stored, 201)."""
+    b = "cut-boundary-31"
+    form = (
+        f'--{b}\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n\r\n'.encode()
+        + os.urandom(50_000)
+        + ending.format(b=b).encode()
+    )
+    resp = await gateway.client.post(
+        "/v1/files",
+        data=io.BytesIO(form),
+        headers={**(await gateway.auth()), "Content-Type": f"multipart/form-data; boundary={b}"},
+    )
+    await assert_problem(resp, 400, "bad-request")
+    assert gateway.blob_files() == []
+    assert await _file_rows(gateway) == 0
+
+
+async def test_fields_after_the_file_are_read_to_the_closing_boundary(gateway: Gateway) -> None:
+    b = "trailing-fields-7"
+    data = os.urandom(20_000)
+    tail = "".join(
+        f'\r\n--{b}\r\nContent-Disposition: form-data; name="f{i}"\r\n\r\nv{i}' for i in range(3)
+    )
+    form = (
+        f'--{b}\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n\r\n'.encode()
+        + data
+        + (tail + f"\r\n--{b}--\r\n").encode()
+    )
+    resp = await gateway.client.post(
+        "/v1/files",
+        data=io.BytesIO(form),
+        headers={**(await gateway.auth()), "Content-Type": f"multipart/form-data; boundary={b}"},
+    )
+    assert resp.status == 201, await resp.text()
+    assert await (await gateway.get((await resp.json())["id"])).read() == data
+
+
 async def test_multipart_from_aiohttp_client(gateway: Gateway) -> None:
     form = aiohttp.FormData()
     form.add_field("file", io.BytesIO(b"abc" * 1000), filename="plain.csv", content_type="text/csv")

@@ -98,3 +98,12 @@ def test_broken_toml(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         Settings.load(env={}, config_file=tmp_path / "nope.toml")
+
+
+def test_download_grace_follows_a_short_purge_interval() -> None:
+    assert Settings.load(env={"FILESTORE_PURGE_INTERVAL": "5s"}).download_grace == 5
+    assert Settings.load(env={}).download_grace == 60
+    five_minutes = {"FILESTORE_PURGE_INTERVAL": "5m", "FILESTORE_MAX_TTL": "23h"}
+    assert Settings.load(env=five_minutes).download_grace == 60
+    with pytest.raises(ConfigError, match="DOWNLOAD_GRACE"):
+        Settings.load(env={"FILESTORE_PURGE_INTERVAL": "5s", "FILESTORE_DOWNLOAD_GRACE": "10s"})
