@@ -29,6 +29,7 @@ from filestore.errors import ConfigError
 from filestore.lifecycle import Lifecycle
 from filestore.metadata.base import MetadataStore, Role
 from filestore.metadata.sql import SQLMetadataStore
+from filestore.probe import CachedProbe
 from filestore.storage.base import BlobStore
 from filestore.storage.local import LocalBlobStore
 
@@ -50,6 +51,12 @@ class Services:
     lifecycle: Lifecycle
     #: The secret that authenticates ratchet hand-overs (ratchet only).
     cluster_secret: bytes | None = field(default=None, repr=False)
+    #: The storage check the health endpoints reuse for a few seconds.
+    storage_probe: CachedProbe | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.storage_probe is None:
+            self.storage_probe = CachedProbe(self.blobs.check)
 
 
 async def open_metadata(settings: Settings) -> MetadataStore:

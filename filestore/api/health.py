@@ -31,7 +31,8 @@ async def healthz(_request: web.Request) -> web.Response:
 async def check_dependencies(svc: Services) -> dict[str, str]:
     """``ok`` or ``failing`` for the database and storage, each bounded in time."""
     results: dict[str, str] = {}
-    for name, check in (("database", svc.metadata.check), ("storage", svc.blobs.check)):
+    storage = svc.storage_probe or svc.blobs.check  # reused a few seconds: no write per call
+    for name, check in (("database", svc.metadata.check), ("storage", storage)):
         try:
             async with asyncio.timeout(CHECK_TIMEOUT):
                 await check()

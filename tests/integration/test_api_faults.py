@@ -376,6 +376,9 @@ async def test_unusable_tmp_dir_is_503_and_nothing_readable(
         tmp.unlink()
         tmp.mkdir(mode=0o700)
         assert stored_files(gw) == []
+        # Readiness reuses a probe for a few seconds; a new one sees the fix.
+        assert gw.services.storage_probe is not None
+        gw.services.storage_probe.forget()
         assert (await gw.client.get("/readyz")).status == 200
 
 
