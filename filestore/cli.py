@@ -28,6 +28,7 @@ from filestore.auth import create_key
 from filestore.clock import SystemClock
 from filestore.config import Settings
 from filestore.errors import ConfigError, FilestoreError, MetadataUnavailable, Unavailable
+from filestore.hardening import forbid_core_dumps
 from filestore.metadata.base import Role
 from filestore.metadata.database import schema_revision
 from filestore.metadata.migrate import head_revision
@@ -235,8 +236,10 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Everything filestore creates (database, WAL, keys, blobs) is private.
+    # Everything filestore creates (database, WAL, keys, blobs) is private,
+    # and no key it holds may reach a core dump.
     os.umask(0o077)
+    forbid_core_dumps()
     args = _parser().parse_args(argv)
     try:
         if args.command == "audit":
