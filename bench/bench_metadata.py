@@ -50,7 +50,6 @@ import argparse
 import asyncio
 import os
 import secrets
-import shlex
 import signal
 import socket
 import sqlite3
@@ -68,6 +67,7 @@ from typing import Any, Protocol, TypeVar
 import aiohttp
 import asyncpg
 
+from bench._report import command_line
 from filestore.crypto.keyring import WRAPPED_SIZE
 from filestore.crypto.sealed import seal_fields
 from filestore.metadata.base import ApiKeyRecord, FileKey, FileRecord, FileState, Role
@@ -650,15 +650,6 @@ def gateway_table(results: dict[str, list[Round]], files: int, repeat: int) -> l
         f"| {paired(p, s, 'p99')} | {paired(p, s, 'cpu')} | |"
     )
     return lines
-
-
-def command_line() -> str:
-    python = (
-        os.path.relpath(sys.executable)
-        if sys.executable.startswith(os.getcwd())
-        else (sys.executable)
-    )
-    return f"PYTHONPATH=. {python} {shlex.join(sys.argv)}"
 
 
 async def main() -> None:

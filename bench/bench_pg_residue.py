@@ -52,9 +52,7 @@ import argparse
 import asyncio
 import os
 import secrets
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -63,6 +61,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from bench._report import command_line
 from filestore.crypto.keyring import WRAPPED_SIZE
 from filestore.crypto.sealed import seal_fields
 from filestore.metadata.base import DeleteReason, FileKey, FileRecord, FileState
@@ -529,15 +528,6 @@ def report(outcomes: list[Outcome], max_seconds: float) -> list[str]:
         f"- Bound: {max_seconds:g} s of traffic per scenario.",
     ]
     return lines
-
-
-def command_line() -> str:
-    python = (
-        os.path.relpath(sys.executable)
-        if sys.executable.startswith(os.getcwd())
-        else (sys.executable)
-    )
-    return f"PYTHONPATH=. {python} {shlex.join(sys.argv)}"
 
 
 async def main() -> None:

@@ -29,7 +29,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 import sqlalchemy.exc
@@ -70,24 +70,25 @@ def _unavailable(exc: BaseException) -> MetadataUnavailable:
     return MetadataUnavailable("the metadata database is unavailable")
 
 
-class Database:
-    """Runs store functions in transactions on one database."""
+class Database(Protocol):
+    """Runs store functions in transactions on one database: what the store
+    needs of :class:`SQLiteDatabase` and :class:`PostgresDatabase`."""
 
     dialect: str
 
     async def run(self, fn: Callable[[sa.Connection], T], *, write: bool = True) -> T:
         """Run ``fn`` in one transaction; commit if it returns."""
-        raise NotImplementedError
+        ...
 
     def lock_audit(self, conn: sa.Connection) -> None:
         """Serialise audit appends for the rest of ``conn``'s transaction."""
-        raise NotImplementedError
+        ...
 
     async def reclaim(self) -> ReclaimReport:
-        raise NotImplementedError
+        """Drop erased bytes from the database's files as far as it allows."""
+        ...
 
-    async def close(self) -> None:
-        raise NotImplementedError
+    async def close(self) -> None: ...
 
 
 # ------------------------------------------------------------------- SQLite
