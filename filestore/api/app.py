@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from filestore.api import audit, cluster, files, health, ops
-from filestore.api.context import SCHEDULER, SERVICES
+from filestore.api.context import METRICS, SCHEDULER, SERVICES
 from filestore.api.expect import expect_handler
 from filestore.api.middleware import errors_middleware
 from filestore.clock import Clock
 from filestore.config import Settings
+from filestore.metrics import MetricsExposition
 from filestore.services import Services, open_services
 from scheduler.runner import PurgeScheduler
 
@@ -30,6 +31,7 @@ def create_app(
     # client_max_size bounds only request.read()/post(); uploads are streamed
     # and cut at settings.max_file_size by the lifecycle itself.
     app = web.Application(middlewares=[errors_middleware], client_max_size=1 << 20)
+    app[METRICS] = MetricsExposition()
     if services is not None:
         app[SERVICES] = services
         app[SCHEDULER] = scheduler or PurgeScheduler(services)

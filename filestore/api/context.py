@@ -7,11 +7,14 @@ from aiohttp import web
 from filestore.auth import Principal, authenticate
 from filestore.errors import NotFound
 from filestore.metadata.base import Role
+from filestore.metrics import MetricsExposition
 from filestore.services import Services
 from scheduler.runner import PurgeScheduler
 
 SERVICES = web.AppKey("services", Services)
 SCHEDULER = web.AppKey("scheduler", PurgeScheduler)
+#: The app's own Prometheus registry (never the global one).
+METRICS = web.AppKey("metrics", MetricsExposition)
 
 
 def services(request: web.Request) -> Services:

@@ -11,12 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from filestore.api.context import SCHEDULER, principal, services
+from filestore.api.context import METRICS, SCHEDULER, principal, services
 from filestore.api.health import check_dependencies
 from filestore.clock import rfc3339
 from filestore.errors import FilestoreError
 from filestore.metadata.base import InstanceStatus, PurgeStats, Role
+from filestore.metrics import MetricsSnapshot
 from scheduler.purge import PassReport
 
 routes = web.RouteTableDef()
@@ -130,184 +132,28 @@ async def purge_run(request: web.Request) -> web.Response:
     return web.json_response({"pass": _report(report)}, headers={"Cache-Control": "no-store"})
 
 
-def _metric(
-    lines: list[str], name: str, kind: str, help_text: str, samples: list[tuple[str, float]]
-) -> None:
-    lines.append(f"# HELP {name} {help_text}")
-    lines.append(f"# TYPE {name} {kind}")
-    for labels, value in samples:
-        lines.append(f"{name}{labels} {_number(value)}")
-
-
-def _number(value: float) -> str:
-    """Exact: integers as integers, floats round-trip (``repr``), so a big
-    counter or a Unix timestamp reads back as it was."""
-    if float(value).is_integer() and abs(value) < 2**53:
-        return str(int(value))
-    return repr(float(value))
-
-
-def _label(name: str, value: str) -> str:
-    """One ``{name="value"}`` with the exposition format's escapes."""
-    escaped = value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-    return f'{{{name}="{escaped}"}}'
-
-
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition (format 0.0.4) of the purge figures."""
+    """Prometheus text exposition of the purge figures (``filestore.metrics``).
+
+    The figures are awaited here, into a snapshot; the app's registry then
+    renders it synchronously."""
     svc = services(request)
-    status = request.app[SCHEDULER].status
     now = svc.clock.now()
     stats = await _stats(request)
-    health = await check_dependencies(services(request))
-    lines: list[str] = []
-    up = [("", 1.0 if stats is not None else 0.0)]
-    _metric(lines, "filestore_database_up", "gauge", "Whether the database answered.", up)
-    _metric(
-        lines,
-        "filestore_storage_up",
-        "gauge",
-        "Whether storage is writable.",
-        [("", 1.0 if health["storage"] == "ok" else 0.0)],
-    )
-    _metric(
-        lines,
-        "filestore_purge_scheduler_running",
-        "gauge",
-        "Whether this process runs the purge job.",
-        [("", float(status.running))],
-    )
-    _metric(
-        lines,
-        "filestore_purge_interval_seconds",
-        "gauge",
-        "Purge pass interval.",
-        [("", status.interval)],
-    )
-    _metric(
-        lines,
-        "filestore_purge_passes_total",
-        "counter",
-        "Purge passes run here.",
-        [("", float(status.passes))],
-    )
-    _metric(
-        lines,
-        "filestore_purged_files_total",
-        "counter",
-        "Files purged by this process.",
-        [("", float(status.purged_total))],
-    )
-    _metric(
-        lines,
-        "filestore_purge_failures_total",
-        "counter",
-        "Failed purge attempts.",
-        [(_label("error", k), float(v)) for k, v in sorted(status.failures_total.items())],
-    )
-    _metric(
-        lines,
-        "filestore_reclaim_blocked",
-        "gauge",
-        "1 while erased key bytes could not be dropped from the database's files.",
-        [("", float(status.reclaim_blocked is not None))],
-    )
-    _metric(
-        lines,
-        "filestore_reclaim_blocked_passes_total",
-        "counter",
-        "Passes after which erased key bytes stayed in the database's files.",
-        [("", float(status.reclaim_blocked_total))],
-    )
     instances = await _instances(request)
-    if instances is not None:
-        _metric(
-            lines,
-            "filestore_instance_last_pass_timestamp_seconds",
-            "gauge",
-            "When each instance sharing the database last finished a purge pass.",
-            [(_label("instance", i.instance), i.finished_at) for i in instances],
-        )
-    last = status.last
-    if last is not None:
-        _metric(
-            lines,
-            "filestore_purge_last_pass_timestamp_seconds",
-            "gauge",
-            "When the last pass ended.",
-            [("", last.finished_at)],
-        )
-        _metric(
-            lines,
-            "filestore_purge_last_pass_duration_seconds",
-            "gauge",
-            "How long the last pass took.",
-            [("", last.finished_at - last.started_at)],
-        )
-    if stats is not None:
-        overdue = max(0.0, now - stats.oldest_expiry) if stats.oldest_expiry is not None else 0.0
-        _metric(
-            lines,
-            "filestore_purge_backlog_files",
-            "gauge",
-            "Expired files not yet purged.",
-            [("", float(stats.backlog))],
-        )
-        _metric(
-            lines,
-            "filestore_purge_most_overdue_seconds",
-            "gauge",
-            "Seconds the most overdue expired file is past its expiry.",
-            [("", overdue)],
-        )
-        _metric(
-            lines,
-            "filestore_purge_failing_files",
-            "gauge",
-            "Files whose last purge attempt failed.",
-            [("", float(stats.failing))],
-        )
-        _metric(
-            lines,
-            "filestore_live_files",
-            "gauge",
-            "Files uploading or active.",
-            [("", float(stats.live))],
-        )
-        age = now - stats.oldest_live_created if stats.oldest_live_created is not None else 0.0
-        _metric(
-            lines,
-            "filestore_oldest_live_file_age_seconds",
-            "gauge",
-            "Age of the oldest live file.",
-            [("", age)],
-        )
-    _metric(
-        lines,
-        "filestore_orphans_removed_total",
-        "counter",
-        "Orphan uploads and blobs removed by this process.",
-        [("", float(status.orphans_total))],
-    )
-    _metric(
-        lines,
-        "filestore_kek_destruction_held_back",
-        "gauge",
-        "KEKs due for destruction that still wrap a live key.",
-        [("", float(len(status.kek_held_back)))],
-    )
-    _metric(
-        lines,
-        "filestore_purge_max_overdue_seconds_24h",
-        "gauge",
-        "Largest overdue time seen by this process in the last 24 hours.",
-        [("", status.max_overdue_24h(now))],
+    health = await check_dependencies(svc)
+    snapshot = MetricsSnapshot.take(
+        request.app[SCHEDULER].status,
+        now,
+        instance=svc.lifecycle.instance,
+        database_backend=svc.metadata.name,
+        storage_backend=svc.blobs.name,
+        health=health,
+        stats=stats,
+        instances=instances,
     )
     return web.Response(
-        body=("\n".join(lines) + "\n").encode(),
-        headers={
-            "Content-Type": "text/plain; version=0.0.4; charset=utf-8",
-            "Cache-Control": "no-store",
-        },
+        body=request.app[METRICS].render(snapshot),
+        headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"},
     )

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prometheus_client import CONTENT_TYPE_LATEST
+
 from filestore.api.context import SCHEDULER
-from filestore.metadata.base import Role
+from filestore.metadata.base import InstanceStatus, Role
 from tests.support.db import MetadataBackend
 from tests.support.gateway import Gateway, running_gateway
+from tests.support.metrics import parse
 
 PROBLEM = "application/problem+json"
 
@@ -42,13 +45,16 @@ async def test_status_run_and_metrics(gateway: Gateway) -> None:
 
     metrics = await gateway.client.get("/metrics")
     assert metrics.status == 200
-    assert metrics.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    text = await metrics.text()
-    assert "filestore_purged_files_total 2" in text
-    assert "filestore_purge_backlog_files 0" in text
-    assert "filestore_purge_max_overdue_seconds_24h 90" in text
-    assert "filestore_database_up 1" in text
-    assert "# TYPE filestore_purge_passes_total counter" in text
+    assert metrics.headers["Content-Type"] == CONTENT_TYPE_LATEST
+    exp = parse(await metrics.text())
+    assert exp.value("filestore_purged_files_total") == 2
+    assert exp.value("filestore_purge_passes_total") == 1
+    assert exp.value("filestore_purge_backlog_files") == 0
+    assert exp.value("filestore_live_files") == 1
+    assert exp.value("filestore_purge_max_overdue_seconds_24h") == 90
+    assert exp.value("filestore_database_up") == 1
+    assert exp.value("filestore_storage_up") == 1
+    assert exp.types["filestore_purge_passes"] == "counter"
 
 
 async def test_ops_endpoints_need_the_operator_role(gateway: Gateway) -> None:
@@ -92,19 +98,63 @@ async def test_status_shows_every_instance_sharing_the_database(
         assert names[gateway.services.lifecycle.instance]["purged"] == 2
         assert names[second.services.lifecycle.instance]["purged"] == 0
         assert status["instance"] == second.services.lifecycle.instance
-        metrics = await (await gateway.client.get("/metrics")).text()
-        name = second.services.lifecycle.instance
-        stamp = f'filestore_instance_last_pass_timestamp_seconds{{instance="{name}"}}'
-        assert stamp in metrics
+        metrics = parse(await (await gateway.client.get("/metrics")).text())
+        stamps = metrics.series("filestore_instance_last_pass_timestamp_seconds")
+        assert {dict(labels)["instance"] for labels in stamps} == set(names)
+
+
+#: Shaped to close the label set and start a sample and a TYPE line.
+HOSTILE = 'peer"} 1\nfilestore_database_up 0\n# TYPE forged counter\\'
 
 
 async def test_metrics_print_exact_values(gateway: Gateway) -> None:
+    """A real pass at a quarter-second clock time, another instance's
+    hostile name in the shared database, a large counter: the served body
+    parses back to exactly those values, and the hostile name forges
+    nothing."""
+    ops = await gateway.auth("acme", Role.OPERATOR)
+    await gateway.upload(b"z" * 10, params={"ttl": "60"})
+    when = gateway.clock.now() + 123.25  # 1_800_000_123.25
+    gateway.clock.set(when)
+    await gateway.client.post("/v1/purge/run", headers=ops)
+    await gateway.services.metadata.cluster.report_pass(
+        InstanceStatus(
+            instance=HOSTILE,
+            started_at=when - 10.5,
+            finished_at=when - 10.125,
+            purged=0,
+            failed=0,
+            max_overdue=0.0,
+            error=None,
+            reclaim_blocked=None,
+        )
+    )
     scheduler = gateway.client.app[SCHEDULER]
     scheduler.status.purged_total = 1_234_567
     scheduler.status.failures_total.update({'Odd"Name\\x': 3})
-    text = await (await gateway.client.get("/metrics")).text()
-    assert "filestore_purged_files_total 1234567\n" in text
-    assert 'filestore_purge_failures_total{error="Odd\\"Name\\\\x"} 3' in text
+
+    resp = await gateway.client.get("/metrics")
+    assert resp.headers["Content-Type"] == CONTENT_TYPE_LATEST
+    text = await resp.text()
+    exp = parse(text)
+    assert exp.value("filestore_purged_files_total") == 1_234_567
+    assert exp.value("filestore_purge_last_pass_timestamp_seconds") == 1_800_000_123.25
+    assert exp.value("filestore_purge_last_pass_duration_seconds") == 0
+    assert exp.value("filestore_purge_max_overdue_seconds_24h") == 63.25
+    assert exp.series("filestore_instance_last_pass_timestamp_seconds") == {
+        frozenset({("instance", gateway.services.lifecycle.instance)}): 1_800_000_123.25,
+        frozenset({("instance", HOSTILE)}): 1_800_000_113.125,
+    }
+    assert exp.series("filestore_purge_failures_total") == {
+        frozenset({("error", 'Odd"Name\\x')}): 3
+    }
+    assert exp.series("filestore_database_up") == {frozenset(): 1}
+    assert "forged" not in exp.types
+    (info,) = exp.series("filestore_instance_info")
+    assert dict(info)["instance"] == gateway.services.lifecycle.instance
+    assert dict(info)["database"] == gateway.services.metadata.name
+    # Nothing failed to purge: no placeholder sample.
+    assert exp.series("filestore_purge_failing_files_by_error") == {}
     assert 'error="none"' not in text
 
 

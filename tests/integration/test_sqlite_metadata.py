@@ -20,6 +20,7 @@ from filestore.metadata.migrate import head_revision
 from filestore.metadata.sql import SQLMetadataStore
 from tests.support import db
 from tests.support.gateway import running_gateway
+from tests.support.metrics import parse
 
 NOW = 1_800_000_000.0
 LEGACY = Path(__file__).with_name("legacy_schema_v4.sql")
@@ -170,9 +171,11 @@ async def test_an_outside_reader_cannot_hold_the_purge_past_its_bound(tmp_path: 
             status = await (await gw.client.get("/v1/purge/status", headers=ops)).json()
             assert status["reclaim_blocked"] == "wal_busy"
             assert status["reclaim_blocked_passes_total"] == 1
-            metrics = await (await gw.client.get("/metrics")).text()
-            assert "filestore_reclaim_blocked 1\n" in metrics
+            metrics = parse(await (await gw.client.get("/metrics")).text())
+            assert metrics.value("filestore_reclaim_blocked") == 1
+            assert metrics.value("filestore_reclaim_blocked_passes_total") == 1
         await gw.client.post("/v1/purge/run", headers=ops)
         status = await (await gw.client.get("/v1/purge/status", headers=ops)).json()
         assert status["reclaim_blocked"] is None
-        assert "filestore_reclaim_blocked 0\n" in await (await gw.client.get("/metrics")).text()
+        metrics = parse(await (await gw.client.get("/metrics")).text())
+        assert metrics.value("filestore_reclaim_blocked") == 0
