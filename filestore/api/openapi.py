@@ -336,7 +336,7 @@ def openapi_document() -> dict[str, Any]:
             },
             "/metrics": {
                 "get": {
-                    "summary": "Prometheus metrics (text format 0.0.4).",
+                    "summary": "Prometheus metrics (text format 1.0.0, prometheus_client).",
                     "security": [],
                     "responses": {"200": {"description": "Metrics."}},
                 }
