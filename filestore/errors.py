@@ -9,7 +9,8 @@ problem+json in one table (``filestore.api.problems``) and the CLI to exit codes
     │   └── SplitBrain           this instance's KEKs are not the cluster's
     ├── IntegrityError           stored ciphertext or key failed authentication;
     │                            one opaque error for every cause
-    ├── KeyNotFound              a KEK id is not in the keyring (destroyed or foreign)
+    ├── KeyNotFound              a KEK id is not in the keyring (foreign)
+    │   └── KeyDestroyed         the KEK was destroyed: its files are crypto-erased
     ├── NotFound                 no such file, or not visible to this tenant
     ├── Gone                     the file expired or was deleted
     ├── BadRequest               the request is malformed (bad option, bad name …)
@@ -58,6 +59,11 @@ class IntegrityError(FilestoreError):
 
 class KeyNotFound(FilestoreError):
     """The key-encryption key a file was wrapped under is not in the keyring."""
+
+
+class KeyDestroyed(KeyNotFound):
+    """The KEK was destroyed on schedule: every file it wrapped is
+    crypto-erased, which a reader sees as gone, not as a server fault."""
 
 
 class NotFound(FilestoreError):

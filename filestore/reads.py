@@ -30,7 +30,8 @@ from filestore.crypto import (
     open_fields,
 )
 from filestore.crypto.schedule import KekSource
-from filestore.errors import Gone, IntegrityError, KeyNotFound, StorageUnavailable
+from filestore.crypto.wrapping import DekBinding
+from filestore.errors import Gone, IntegrityError, KeyDestroyed, KeyNotFound, StorageUnavailable
 from filestore.files_info import FileInfo
 from filestore.metadata import rules
 from filestore.metadata.base import FileKey, FileRecord, FileStore
@@ -148,13 +149,19 @@ class Reads:
     async def info(self, tenant: str, file_id: bytes) -> tuple[FileRecord, FileKey, bytes]:
         """The readable row, its key and the DEK, or NotFound/Gone."""
         record, key = rules.readable(await self.files.load(file_id), tenant, self.clock.now())
+        # The tenant is bound into the wrap: a row whose tenant was changed in
+        # the database does not unwrap (IntegrityError) for the new tenant.
+        binding = DekBinding(file_id, record.tenant)
         try:
-            dek = self.keyring.unwrap(key.kek_id, file_id, key.wrapped)
+            dek = self.keyring.unwrap(key.kek_id, binding, key.wrapped)
+        except KeyDestroyed:
+            # Crypto-erased by the KEK schedule, whatever the row says.
+            raise Gone("the file's key was destroyed") from None
         except KeyNotFound:
             # Another process sharing the keyring may have rotated since we
             # loaded it; a destroyed KEK stays missing after the reload.
             await asyncio.to_thread(self.keyring.reload)
-            dek = self.keyring.unwrap(key.kek_id, file_id, key.wrapped)
+            dek = self.keyring.unwrap(key.kek_id, binding, key.wrapped)
         return record, key, dek
 
     def _file_info(self, record: FileRecord, dek: bytes) -> FileInfo:

@@ -28,6 +28,7 @@ from filestore.clock import Clock
 from filestore.config import Settings
 from filestore.crypto import Encryptor, Header, seal_fields
 from filestore.crypto.schedule import KekSource
+from filestore.crypto.wrapping import DekBinding
 from filestore.errors import BadRequest, ChecksumMismatch, FilestoreError, TooLarge, Unavailable
 from filestore.files_info import FileInfo
 from filestore.metadata.base import FileKey, FileRecord, FileState, FileStore
@@ -99,7 +100,7 @@ class Uploads:
         now = self.clock.now()
         file_id = ids.new_file_id()
         dek = secrets.token_bytes(32)
-        kek_id, wrapped = self.keyring.wrap(dek, file_id)
+        kek_id, wrapped = self.keyring.wrap(dek, DekBinding(file_id, tenant))
         record = FileRecord(
             id=file_id,
             tenant=tenant,

@@ -38,6 +38,7 @@ TABLE: tuple[tuple[type[Exception], Problem], ...] = (
     (errors.NotFound, Problem(404, "not-found", "Not found")),
     (errors.Gone, Problem(410, "gone", "Gone")),
     (errors.IntegrityError, Problem(500, "integrity", "Stored data failed its integrity check")),
+    (errors.KeyDestroyed, Problem(410, "gone", "Gone")),
     (errors.KeyNotFound, Problem(500, "key-unavailable", "The file's key is unavailable")),
     (errors.Unavailable, Problem(503, "unavailable", "Service unavailable")),
 )

@@ -39,7 +39,9 @@ __all__ = [
 
 GENESIS_HASH = "0" * 64
 EVENTS = frozenset({"file_deleted", "kek_destroyed"})
-FILE_REASONS = frozenset({"expired", "client_request", "max_downloads", "orphan"})
+FILE_REASONS = frozenset(
+    {"expired", "client_request", "max_downloads", "orphan", "kek_destroyed"}
+)
 KEK_REASON = "kek_epoch_end"
 KEK_METHOD = "destroy"
 

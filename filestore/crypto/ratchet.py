@@ -121,17 +121,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from filestore.clock import Clock
+from filestore.crypto import wrapping
 from filestore.crypto._files import b64_or_none as _b64
 from filestore.crypto._files import ensure_private_dir, read_private_file, write_private_file
-from filestore.crypto.keyring import DEK_SIZE, MAX_KEK_ID, NONCE_SIZE, WRAPPED_SIZE, wrap_aad
-from filestore.errors import ConfigError, IntegrityError, KeyNotFound
+from filestore.crypto.keyring import MAX_KEK_ID
+from filestore.crypto.wrapping import DekBinding
+from filestore.errors import ConfigError, KeyDestroyed, KeyNotFound
 
 __all__ = [
     "FORMAT",
@@ -441,55 +442,50 @@ class RatchetKeyring:
         runs.
         """
         if epoch < self._base:
-            raise KeyNotFound(
+            raise KeyDestroyed(
                 f"key-encryption key {epoch} has been destroyed (or predates this ratchet)"
             )
         if epoch > _current(self._genesis, self._period, now) + 1 or epoch > MAX_KEK_ID:
             raise KeyNotFound(f"key-encryption key {epoch} belongs to a future epoch")
         return self._epoch(epoch)
 
-    def wrap(self, dek: bytes, file_id: bytes, at: float | Clock) -> tuple[int, bytes]:
+    def wrap(self, dek: bytes, binding: DekBinding, at: float | Clock) -> tuple[int, bytes]:
         """Wrap ``dek`` under the KEK of the epoch current at ``at``:
-        ``(kek_id, nonce ‖ ciphertext)`` in the same format as
-        :meth:`filestore.crypto.keyring.Keyring.wrap`.
+        ``(kek_id, wrapped)`` in the layout of :mod:`filestore.crypto.wrapping`,
+        the same as the keyring's.
 
         KeyNotFound if the clock is so far behind that its epoch has already
         been destroyed here (wrapping then would produce unreadable files);
         ConfigError once epoch ids are exhausted.
         """
-        if len(dek) != DEK_SIZE:
-            raise ValueError("a DEK is 32 bytes")
         now = _now(at)
         epoch = _current(self._genesis, self._period, now)
         if epoch > MAX_KEK_ID:
             raise ConfigError(f"ratchet file {self._path} has run out of epoch ids")
-        aead = self._cipher(epoch, now)
-        nonce = os.urandom(NONCE_SIZE)
-        return epoch, nonce + aead.encrypt(nonce, dek, wrap_aad(epoch, file_id))
+        return epoch, wrapping.seal_dek(self._cipher(epoch, now), epoch, binding, dek)
 
-    def unwrap(self, kek_id: int, file_id: bytes, wrapped: bytes, at: float | Clock) -> bytes:
-        """The DEK of ``file_id``.
+    def unwrap(self, kek_id: int, binding: DekBinding, wrapped: bytes, at: float | Clock) -> bytes:
+        """The DEK bound to ``binding``.
 
-        KeyNotFound if epoch ``kek_id`` has been destroyed, is not a valid
-        id, or is more than one epoch ahead of the clock at ``at``;
-        IntegrityError if the wrapped key was altered or belongs to another
-        file or epoch.
+        KeyDestroyed if epoch ``kek_id`` has been destroyed; KeyNotFound if it
+        is not a valid id or is more than one epoch ahead of the clock at
+        ``at``; IntegrityError if the wrapped key was altered or belongs to
+        another file, tenant or epoch.
         """
+        return wrapping.open_dek(self._cipher_of(kek_id, at), kek_id, binding, wrapped)
+
+    def rewrap(
+        self, kek_id: int, binding: DekBinding, wrapped: bytes, at: float | Clock
+    ) -> bytes | None:
+        """A legacy (pre-tenant) wrap re-sealed under the same epoch, or None
+        if it is current; errors as for :meth:`unwrap`."""
+        return wrapping.rewrap(self._cipher_of(kek_id, at), kek_id, binding, wrapped)
+
+    def _cipher_of(self, kek_id: object, at: float | Clock) -> AESGCM:
+        """:meth:`_cipher` for an id read from the database, checked first."""
         if type(kek_id) is not int or kek_id < 1:
             raise KeyNotFound(f"key-encryption key {kek_id!r} is not a ratchet epoch")
-        aead = self._cipher(kek_id, _now(at))
-        if len(wrapped) != WRAPPED_SIZE:
-            raise IntegrityError()
-        dek: bytes | None
-        try:
-            dek = aead.decrypt(
-                wrapped[:NONCE_SIZE], wrapped[NONCE_SIZE:], wrap_aad(kek_id, file_id)
-            )
-        except InvalidTag:
-            dek = None
-        if dek is None:  # raised here so that nothing is chained to it
-            raise IntegrityError()
-        return dek
+        return self._cipher(kek_id, _now(at))
 
     def commitment(self, epoch: int, at: float | Clock) -> bytes:
         """``HMAC-SHA256(KEK_epoch, "filestore/v1/ratchet-commitment")``: 32

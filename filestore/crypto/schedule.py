@@ -16,7 +16,8 @@ from typing import Protocol
 
 from filestore.clock import Clock
 from filestore.crypto.ratchet import RatchetKeyring
-from filestore.errors import KeyNotFound
+from filestore.crypto.wrapping import DekBinding
+from filestore.errors import KeyDestroyed
 
 
 class KekSource(Protocol):
@@ -27,9 +28,15 @@ class KekSource(Protocol):
     def active_id(self) -> int:
         """The KEK id new data keys are wrapped under now."""
 
-    def wrap(self, dek: bytes, file_id: bytes) -> tuple[int, bytes]: ...
+    def wrap(self, dek: bytes, binding: DekBinding) -> tuple[int, bytes]: ...
 
-    def unwrap(self, kek_id: int, file_id: bytes, wrapped: bytes) -> bytes: ...
+    def unwrap(self, kek_id: int, binding: DekBinding, wrapped: bytes) -> bytes:
+        """The DEK; KeyDestroyed once its KEK is destroyed (or past its
+        deadline), KeyNotFound for a foreign id, IntegrityError for a wrap
+        that is not this file's and tenant's."""
+
+    def rewrap(self, kek_id: int, binding: DekBinding, wrapped: bytes) -> bytes | None:
+        """A legacy wrap re-sealed in the current layout, or None."""
 
     def commitment(self, kek_id: int) -> bytes:
         """A value the shared database may hold that equals another
@@ -63,17 +70,24 @@ class RatchetKeys:
     def active_id(self) -> int:
         return self._ratchet.current_epoch(self._clock)
 
-    def wrap(self, dek: bytes, file_id: bytes) -> tuple[int, bytes]:
-        return self._ratchet.wrap(dek, file_id, self._clock)
+    def wrap(self, dek: bytes, binding: DekBinding) -> tuple[int, bytes]:
+        return self._ratchet.wrap(dek, binding, self._clock)
 
-    def unwrap(self, kek_id: int, file_id: bytes, wrapped: bytes) -> bytes:
+    def unwrap(self, kek_id: int, binding: DekBinding, wrapped: bytes) -> bytes:
         """The DEK; KeyNotFound also for an epoch past its destruction
         deadline that the scheduler has not advanced past yet, so nothing is
         readable under it a moment longer than promised."""
+        return self._ratchet.unwrap(kek_id, binding, wrapped, self._usable(kek_id))
+
+    def rewrap(self, kek_id: int, binding: DekBinding, wrapped: bytes) -> bytes | None:
+        return self._ratchet.rewrap(kek_id, binding, wrapped, self._usable(kek_id))
+
+    def _usable(self, kek_id: int) -> float:
+        """The time now, or KeyDestroyed if ``kek_id`` is past its deadline."""
         now = self._clock.now()
         if now >= self._ratchet.deadline(kek_id, self._destroy_after):
-            raise KeyNotFound(f"key-encryption key {kek_id} is past its destruction deadline")
-        return self._ratchet.unwrap(kek_id, file_id, wrapped, now)
+            raise KeyDestroyed(f"key-encryption key {kek_id} is past its destruction deadline")
+        return now
 
     def commitment(self, kek_id: int) -> bytes:
         return self._ratchet.commitment(kek_id, self._clock)

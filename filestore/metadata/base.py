@@ -42,6 +42,8 @@ class DeleteReason(StrEnum):
     CLIENT_REQUEST = "client_request"
     MAX_DOWNLOADS = "max_downloads"
     ORPHAN = "orphan"
+    #: The KEK schedule's backstop destroyed the file's key first.
+    KEK_DESTROYED = "kek_destroyed"
 
 
 class Role(StrEnum):
@@ -224,8 +226,23 @@ class FileStore(Protocol):
     async def count_keys(self, kek_id: int) -> int:
         """How many file keys are still wrapped under ``kek_id``."""
 
-    async def keys_wrapped_under(self, kek_id: int, limit: int) -> list[bytes]:
-        """Ids of files whose key is still wrapped under ``kek_id``."""
+    async def doom_wrapped_under(self, kek_id: int) -> int:
+        """Hand every file still wrapped under ``kek_id`` (a destroyed KEK) to
+        deletion: ``uploading`` and ``active`` rows become ``purging`` with
+        reason ``kek_destroyed`` and no lease, so the next purge pass takes
+        them whatever their ``expires_at`` says. Rows already being deleted
+        keep their reason and lease. Returns how many rows changed."""
+
+    async def legacy_keys(self, after: bytes, limit: int) -> list[tuple[FileKey, str]]:
+        """Up to ``limit`` keys still in the pre-tenant wrap layout (60 bytes
+        long; served by an index that is empty once they are re-sealed),
+        each with its file's tenant, by file id from just after ``after``."""
+
+    async def replace_keys(self, changes: Sequence[tuple[FileKey, bytes]]) -> int:
+        """Swap each key's wrapped bytes for the new ones (a delete and an
+        insert: key rows are never updated), only where the row still holds
+        the old bytes (another instance may have done it, or the file been
+        erased). Returns how many rows changed."""
 
 
 class ClusterStore(Protocol):

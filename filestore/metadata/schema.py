@@ -131,6 +131,12 @@ _partial("files_purging", files, ["lease_expires"], "state = 'purging'")
 # Live files for the status figures (count, oldest) without a table scan.
 _partial("files_live_created", files, ["created_at"], "state IN ('uploading', 'active')")
 sa.Index("file_keys_kek", file_keys.c.kek_id)
+#: Keys still in the pre-tenant wrap layout (60 bytes): empty once the key
+#: step has re-sealed them, so looking for them each step costs nothing.
+LEGACY_WRAP_SIZE = 60
+_partial(
+    "file_keys_legacy_wrap", file_keys, ["file_id"], f"length(wrapped_dek) = {LEGACY_WRAP_SIZE}"
+)
 sa.Index("audit_log_time", audit_log.c.recorded_at)
 sa.Index("audit_checkpoints_size", audit_checkpoints.c.size)
 # Exactly one deletion record per file and one per KEK, whatever crashes,

@@ -36,6 +36,7 @@ from filestore.metadata.base import (
 )
 from filestore.metadata.database import Database, open_database
 from filestore.metadata.schema import (
+    LEGACY_WRAP_SIZE,
     api_keys,
     audit_checkpoints,
     audit_log,
@@ -471,16 +472,69 @@ class SQLFileStore(_Part):
 
         return await self._read(fn)
 
-    async def keys_wrapped_under(self, kek_id: int, limit: int) -> list[bytes]:
-        def fn(conn: sa.Connection) -> list[bytes]:
-            return [
-                bytes(r)
-                for r in conn.execute(
-                    sa.select(file_keys.c.file_id).where(file_keys.c.kek_id == kek_id).limit(limit)
-                ).scalars()
-            ]
+    async def doom_wrapped_under(self, kek_id: int) -> int:
+        def fn(conn: sa.Connection) -> int:
+            wrapped = sa.select(file_keys.c.file_id).where(file_keys.c.kek_id == kek_id)
+            result = conn.execute(
+                files.update()
+                .where(
+                    rules.state_is(FileState.UPLOADING, FileState.ACTIVE),
+                    sa.or_(files.c.kek_id == kek_id, files.c.id.in_(wrapped)),
+                )
+                .values(
+                    state=str(FileState.PURGING),
+                    delete_reason=str(DeleteReason.KEK_DESTROYED),
+                    lease_owner=None,
+                    lease_expires=None,
+                )
+            )
+            return int(result.rowcount)
+
+        return await self._write(fn)
+
+    async def legacy_keys(self, after: bytes, limit: int) -> list[tuple[FileKey, str]]:
+        def fn(conn: sa.Connection) -> list[tuple[FileKey, str]]:
+            # The size as a literal, so the planner sees the partial index's
+            # predicate (``file_keys_legacy_wrap``) in the query.
+            legacy = sa.func.length(file_keys.c.wrapped_dek) == sa.literal_column(
+                str(LEGACY_WRAP_SIZE)
+            )
+            rows = conn.execute(
+                sa.select(
+                    file_keys.c.file_id, file_keys.c.kek_id, file_keys.c.wrapped_dek, files.c.tenant
+                )
+                .join(files, files.c.id == file_keys.c.file_id)
+                .where(legacy, file_keys.c.file_id > after)
+                .order_by(file_keys.c.file_id)
+                .limit(limit)
+            ).all()
+            return [(FileKey(bytes(f), int(k), bytes(w)), str(t)) for f, k, w, t in rows]
 
         return await self._read(fn)
+
+    async def replace_keys(self, changes: Sequence[tuple[FileKey, bytes]]) -> int:
+        def fn(conn: sa.Connection) -> int:
+            # Key rows are insert-once (an update would leave the old bytes
+            # where crypto-erase's reclaim does not look): delete and insert,
+            # so the old wrap goes the way every erased key goes.
+            changed = 0
+            for key, wrapped in changes:
+                gone = conn.execute(
+                    file_keys.delete().where(
+                        file_keys.c.file_id == key.file_id,
+                        file_keys.c.wrapped_dek == key.wrapped,
+                    )
+                ).rowcount
+                if gone:
+                    conn.execute(
+                        file_keys.insert().values(
+                            file_id=key.file_id, kek_id=key.kek_id, wrapped_dek=wrapped
+                        )
+                    )
+                    changed += 1
+            return changed
+
+        return await self._write(fn)
 
 
 # ------------------------------------------------------------------- audit

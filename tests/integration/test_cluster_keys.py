@@ -19,7 +19,8 @@ from filestore import ids
 from filestore.clock import ManualClock
 from filestore.crypto.ratchet import RatchetKeyring
 from filestore.crypto.schedule import RatchetKeys
-from filestore.errors import ConfigError, KeyNotFound
+from filestore.crypto.wrapping import DekBinding
+from filestore.errors import ConfigError, KeyDestroyed, KeyNotFound
 from filestore.metadata.base import Role
 from filestore.metadata.sql import SQLMetadataStore
 from scheduler.keys import manage_keys
@@ -108,7 +109,7 @@ async def test_join_read_each_other_then_lose_the_epoch_everywhere(cluster: Any)
             assert epoch in report.destroyed
         for keys in (keys_a, keys_b):
             with pytest.raises(KeyNotFound):
-                keys.unwrap(epoch, wrapped.file_id, wrapped.wrapped)
+                keys.unwrap(epoch, DekBinding(wrapped.file_id, "acme"), wrapped.wrapped)
             assert keys.ratchet.oldest_epoch > epoch
         # One record of the destruction, whoever wrote it.
         kek_records = [
@@ -121,7 +122,7 @@ async def test_join_read_each_other_then_lose_the_epoch_everywhere(cluster: Any)
             assert isinstance(c_keys, RatchetKeys)
             assert c_keys.ratchet.oldest_epoch > epoch
             with pytest.raises(KeyNotFound):
-                c_keys.unwrap(epoch, wrapped.file_id, wrapped.wrapped)
+                c_keys.unwrap(epoch, DekBinding(wrapped.file_id, "acme"), wrapped.wrapped)
 
 
 async def test_an_instance_on_another_ratchet_is_refused(cluster: Any, tmp_path: Path) -> None:
@@ -180,10 +181,11 @@ async def test_past_its_deadline_an_epoch_is_unreadable_before_the_file_advances
         loaded = await a.services.metadata.files.load(ids.from_text(meta["id"]))
         assert loaded is not None and loaded[1] is not None
         key = loaded[1]
-        assert keys.unwrap(key.kek_id, key.file_id, key.wrapped)
+        binding = DekBinding(key.file_id, "acme")
+        assert keys.unwrap(key.kek_id, binding, key.wrapped)
         a.clock.set(keys.ratchet.deadline(key.kek_id, a.settings.kek_destroy_after))
-        with pytest.raises(KeyNotFound, match="deadline"):
-            keys.unwrap(key.kek_id, key.file_id, key.wrapped)
+        with pytest.raises(KeyDestroyed, match="deadline"):
+            keys.unwrap(key.kek_id, binding, key.wrapped)
         assert keys.ratchet.oldest_epoch == key.kek_id  # not advanced yet, still refused
 
 

@@ -5,6 +5,7 @@ rely on: claims that never overlap and one audit chain with no fork."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import secrets
 from collections.abc import AsyncIterator
@@ -346,11 +347,63 @@ async def test_reclaim_on_a_quiet_database_is_complete(store: MetadataStore) -> 
     assert report.complete and report.blocked_by is None
 
 
-async def test_keys_wrapped_under_a_kek(store: MetadataStore) -> None:
-    rec = await _upload(store)
-    assert await store.files.keys_wrapped_under(1, 10) == [rec.id]
-    assert await store.files.keys_wrapped_under(2, 10) == []
-    assert await store.files.count_keys(1) == 1
+async def test_files_wrapped_under_a_destroyed_kek_go_to_deletion(store: MetadataStore) -> None:
+    active = await _upload(store, ttl=2 * 86400)  # expiry pushed ahead
+    uploading = _record()
+    await store.files.create_upload(uploading, FileKey(uploading.id, 1, b"w" * 61))
+    other_kek = dataclasses.replace(_record(), kek_id=2)
+    await store.files.create_upload(other_kek, FileKey(other_kek.id, 2, b"w" * 61))
+    await store.files.activate(other_kek.id, 1, b"sealed")
+    deleting = await _upload(store)
+    assert await store.files.begin_delete(
+        deleting.id, DeleteReason.CLIENT_REQUEST, "deleter", NOW, NOW + 60
+    )
+    assert await store.files.count_keys(1) == 3
+
+    assert await store.files.doom_wrapped_under(1) == 2
+    assert await store.files.doom_wrapped_under(1) == 0  # idempotent
+    for rec in (active, uploading):
+        loaded = await store.files.load(rec.id)
+        assert loaded is not None
+        assert loaded[0].state == FileState.PURGING
+        assert loaded[0].delete_reason == DeleteReason.KEK_DESTROYED
+        assert loaded[0].lease_owner is None
+    kept = await store.files.load(deleting.id)
+    assert kept is not None and kept[0].delete_reason == DeleteReason.CLIENT_REQUEST
+    assert kept[0].lease_owner == "deleter"
+    untouched = await store.files.load(other_kek.id)
+    assert untouched is not None and untouched[0].state == FileState.ACTIVE
+    # The next pass takes them at once, long before the expiry they claim.
+    claimed = await store.files.claim_expired(NOW + 1, 10, "pass", NOW + 61)
+    assert {r.id for r in claimed} == {active.id, uploading.id}
+
+
+async def test_legacy_keys_are_found_and_replaced_only_if_unchanged(
+    store: MetadataStore,
+) -> None:
+    legacy = sorted(
+        [_record(tenant=f"t{n}") for n in range(3)], key=lambda r: r.id
+    )
+    for rec in legacy:
+        await store.files.create_upload(rec, FileKey(rec.id, 1, b"v1" * 30))
+    current = _record()
+    await store.files.create_upload(current, FileKey(current.id, 1, b"\x02" + b"v2" * 30))
+
+    found = await store.files.legacy_keys(b"", 10)
+    assert [(k.file_id, t) for k, t in found] == [(r.id, r.tenant) for r in legacy]
+    assert all(k.wrapped == b"v1" * 30 and k.kek_id == 1 for k, _ in found)
+    after_first = await store.files.legacy_keys(legacy[0].id, 1)
+    assert [k.file_id for k, _ in after_first] == [legacy[1].id]
+
+    first, _ = found[0]
+    stale = FileKey(first.file_id, 1, b"x" * 60)
+    assert await store.files.replace_keys([(stale, b"new" * 20 + b"!")]) == 0
+    assert await store.files.replace_keys([(first, b"new" * 20 + b"!")]) == 1
+    loaded = await store.files.load(first.file_id)
+    assert loaded is not None and loaded[1] is not None
+    assert loaded[1].wrapped == b"new" * 20 + b"!"
+    remaining = await store.files.legacy_keys(b"", 10)
+    assert [k.file_id for k, _ in remaining] == [r.id for r in legacy[1:]]
 
 
 async def test_instance_passes(store: MetadataStore, other: MetadataStore) -> None:

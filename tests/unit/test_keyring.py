@@ -10,15 +10,18 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from filestore.crypto import Keyring, load_or_create_signing_key, public_key_path, public_key_pem
 from filestore.crypto._files import check_private, write_private_file
-from filestore.errors import ConfigError, IntegrityError, KeyNotFound
+from filestore.crypto.keyring import Tombstone
+from filestore.crypto.wrapping import DekBinding
+from filestore.errors import ConfigError, IntegrityError, KeyDestroyed, KeyNotFound
 
 NOW = 1_800_000_000.0
-FILE_ID = bytes(range(16))
-OTHER_FILE_ID = bytes(range(1, 17))
+FILE = DekBinding(bytes(range(16)), "acme")
+OTHER_FILE = DekBinding(bytes(range(1, 17)), "acme")
 
 
 def mode(path: Path) -> int:
@@ -61,80 +64,122 @@ def test_create_writes_private_file_in_private_dirs(ring: Keyring, path: Path) -
 
 
 def test_load_round_trip(ring: Keyring, path: Path) -> None:
-    kek_id, wrapped = ring.wrap(b"k" * 32, FILE_ID)
+    kek_id, wrapped = ring.wrap(b"k" * 32, FILE)
     again = Keyring.load_or_create(path, NOW + 100)
     assert again.active_id == 1
     assert again.entries() == ring.entries()
-    assert again.unwrap(kek_id, FILE_ID, wrapped) == b"k" * 32
+    assert again.unwrap(kek_id, FILE, wrapped) == b"k" * 32
 
 
 # ------------------------------------------------------------------- wrapping
 def test_wrap_unwrap(ring: Keyring) -> None:
     dek = os.urandom(32)
-    kek_id, wrapped = ring.wrap(dek, FILE_ID)
+    kek_id, wrapped = ring.wrap(dek, FILE)
     assert kek_id == 1
-    assert len(wrapped) == 12 + 32 + 16
+    assert len(wrapped) == 1 + 12 + 32 + 16
     assert dek not in wrapped
-    assert ring.unwrap(kek_id, FILE_ID, wrapped) == dek
-    assert ring.wrap(dek, FILE_ID)[1] != wrapped  # fresh nonce each time
+    assert ring.unwrap(kek_id, FILE, wrapped) == dek
+    assert ring.wrap(dek, FILE)[1] != wrapped  # fresh nonce each time
 
 
 def test_wrap_is_bound_to_file_and_kek(ring: Keyring) -> None:
     dek = os.urandom(32)
-    kek_id, wrapped = ring.wrap(dek, FILE_ID)
+    kek_id, wrapped = ring.wrap(dek, FILE)
     with pytest.raises(IntegrityError):
-        ring.unwrap(kek_id, OTHER_FILE_ID, wrapped)
+        ring.unwrap(kek_id, OTHER_FILE, wrapped)
     new_id = ring.rotate(NOW + 1)
     with pytest.raises(IntegrityError):
-        ring.unwrap(new_id, FILE_ID, wrapped)  # relabelled to another KEK
+        ring.unwrap(new_id, FILE, wrapped)  # relabelled to another KEK
     tampered = bytearray(wrapped)
     tampered[-1] ^= 1
     with pytest.raises(IntegrityError):
-        ring.unwrap(kek_id, FILE_ID, bytes(tampered))
+        ring.unwrap(kek_id, FILE, bytes(tampered))
     with pytest.raises(IntegrityError):
-        ring.unwrap(kek_id, FILE_ID, wrapped[:-1])
+        ring.unwrap(kek_id, FILE, wrapped[:-1])
     with pytest.raises(KeyNotFound):
-        ring.unwrap(99, FILE_ID, wrapped)
+        ring.unwrap(99, FILE, wrapped)
     with pytest.raises(ValueError):
-        ring.wrap(dek[:16], FILE_ID)
+        ring.wrap(dek[:16], FILE)
 
 
 # ----------------------------------------------------------- rotate, destroy
 def test_rotate_makes_new_active_and_old_still_unwraps(ring: Keyring, path: Path) -> None:
     dek = os.urandom(32)
-    old_id, wrapped = ring.wrap(dek, FILE_ID)
+    old_id, wrapped = ring.wrap(dek, FILE)
     assert ring.rotate(NOW + 3600) == 2
     assert ring.active_id == 2
     assert ring.entries() == [(1, NOW), (2, NOW + 3600)]
-    assert ring.wrap(dek, FILE_ID)[0] == 2
-    assert ring.unwrap(old_id, FILE_ID, wrapped) == dek
+    assert ring.wrap(dek, FILE)[0] == 2
+    assert ring.unwrap(old_id, FILE, wrapped) == dek
     reloaded = Keyring.load_or_create(path, NOW)
     assert reloaded.active_id == 2
-    assert reloaded.unwrap(old_id, FILE_ID, wrapped) == dek
+    assert reloaded.unwrap(old_id, FILE, wrapped) == dek
     assert mode(path) == 0o600
 
 
-def test_destroy_makes_unwrap_raise_key_not_found(ring: Keyring, path: Path) -> None:
+def test_destroy_leaves_a_tombstone_and_makes_unwrap_raise_key_destroyed(
+    ring: Keyring, path: Path
+) -> None:
     dek = os.urandom(32)
-    old_id, wrapped = ring.wrap(dek, FILE_ID)
+    old_id, wrapped = ring.wrap(dek, FILE)
     old_key = key_texts(path)[0]
     ring.rotate(NOW + 1)
-    ring.destroy(old_id)
-    with pytest.raises(KeyNotFound):
-        ring.unwrap(old_id, FILE_ID, wrapped)
+    stone = ring.destroy(old_id, NOW + 5)
+    assert stone == Tombstone(old_id, NOW, NOW + 5)
+    with pytest.raises(KeyDestroyed):
+        ring.unwrap(old_id, FILE, wrapped)
     assert old_key not in path.read_text()
     reloaded = Keyring.load_or_create(path, NOW)
     assert reloaded.entries() == [(2, NOW + 1)]
+    # The tombstone is in the same file, so it survives a crash.
+    assert reloaded.tombstones() == [stone]
+    with pytest.raises(KeyDestroyed):
+        reloaded.unwrap(old_id, FILE, wrapped)
     with pytest.raises(KeyNotFound):
-        reloaded.unwrap(old_id, FILE_ID, wrapped)
-    with pytest.raises(KeyNotFound):
-        ring.destroy(old_id)
+        ring.destroy(old_id, NOW)
+    reloaded.forget(old_id)
+    assert Keyring.load_or_create(path, NOW).tombstones() == []
+    assert '"destroyed"' not in path.read_text()
+    # Ids below the oldest held stay destroyed without a tombstone; a foreign
+    # id above them is not "destroyed".
+    with pytest.raises(KeyDestroyed):
+        reloaded.unwrap(old_id, FILE, wrapped)
+    with pytest.raises(KeyNotFound) as foreign:
+        reloaded.unwrap(99, FILE, wrapped)
+    assert not isinstance(foreign.value, KeyDestroyed)
     assert ring.rotate(NOW + 2) == 3  # ids are never reused while the max lives
+
+
+def test_the_tenant_is_bound_into_the_wrap(ring: Keyring) -> None:
+    dek = os.urandom(32)
+    kek_id, wrapped = ring.wrap(dek, FILE)
+    assert len(wrapped) == 61 and wrapped[0] == 2
+    with pytest.raises(IntegrityError):
+        ring.unwrap(kek_id, DekBinding(FILE.file_id, "acme2"), wrapped)
+    with pytest.raises(IntegrityError):  # a stripped version byte is no v1 wrap
+        ring.unwrap(kek_id, FILE, wrapped[1:])
+    assert ring.rewrap(kek_id, FILE, wrapped) is None
+
+
+def test_a_legacy_wrap_opens_and_is_resealed_with_its_tenant(ring: Keyring, path: Path) -> None:
+    dek = os.urandom(32)
+    kek = base64.b64decode(json.loads(path.read_text())["keys"][0]["key"])
+    nonce = os.urandom(12)
+    aad = b"filestore/v1/dek-wrap\x00" + (1).to_bytes(4, "big") + FILE.file_id
+    legacy = nonce + AESGCM(kek).encrypt(nonce, dek, aad)
+    # Before re-sealing it opens for any tenant: the old layout bound none.
+    assert ring.unwrap(1, FILE, legacy) == dek
+    assert ring.unwrap(1, DekBinding(FILE.file_id, "other"), legacy) == dek
+    fresh = ring.rewrap(1, FILE, legacy)
+    assert fresh is not None and len(fresh) == 61
+    assert ring.unwrap(1, FILE, fresh) == dek
+    with pytest.raises(IntegrityError):
+        ring.unwrap(1, DekBinding(FILE.file_id, "other"), fresh)
 
 
 def test_destroying_the_active_kek_is_refused(ring: Keyring) -> None:
     with pytest.raises(ValueError):
-        ring.destroy(ring.active_id)
+        ring.destroy(ring.active_id, NOW)
 
 
 # ------------------------------------------------------------- bad key files
@@ -199,9 +244,9 @@ def test_secrets_absent_from_repr_and_errors(ring: Keyring, path: Path) -> None:
     secrets = key_texts(path)
     texts = [repr(ring), str(ring)]
     for action in (
-        lambda: ring.unwrap(1, FILE_ID, b"x" * 60),
-        lambda: ring.unwrap(42, FILE_ID, b"x" * 60),
-        lambda: ring.destroy(ring.active_id),
+        lambda: ring.unwrap(1, FILE, b"x" * 60),
+        lambda: ring.unwrap(42, FILE, b"x" * 60),
+        lambda: ring.destroy(ring.active_id, NOW),
     ):
         with pytest.raises(Exception) as info:
             action()
@@ -279,20 +324,20 @@ def test_concurrent_creation_keeps_the_first_keyring(
 
     monkeypatch.setattr("filestore.crypto.keyring.read_private_file", read_late)
     late = Keyring.load_or_create(path, NOW + 5)
-    kek_id, wrapped = late.wrap(b"d" * 32, FILE_ID)
-    assert ring.unwrap(kek_id, FILE_ID, wrapped) == b"d" * 32
+    kek_id, wrapped = late.wrap(b"d" * 32, FILE)
+    assert ring.unwrap(kek_id, FILE, wrapped) == b"d" * 32
     assert late.entries() == [(1, NOW)]
 
 
 def test_reload_sees_another_processs_rotation(ring: Keyring, path: Path) -> None:
     other = Keyring.load_or_create(path, NOW)
     new_id = other.rotate(NOW + 60)
-    kek_id, wrapped = other.wrap(b"e" * 32, FILE_ID)
+    kek_id, wrapped = other.wrap(b"e" * 32, FILE)
     with pytest.raises(KeyNotFound):
-        ring.unwrap(kek_id, FILE_ID, wrapped)
+        ring.unwrap(kek_id, FILE, wrapped)
     ring.reload()
     assert ring.active_id == new_id
-    assert ring.unwrap(kek_id, FILE_ID, wrapped) == b"e" * 32
+    assert ring.unwrap(kek_id, FILE, wrapped) == b"e" * 32
 
 
 def test_two_processes_sharing_a_keyring_never_lose_or_revive_keys(tmp_path: Path) -> None:
@@ -302,16 +347,24 @@ def test_two_processes_sharing_a_keyring_never_lose_or_revive_keys(tmp_path: Pat
     a = Keyring.load_or_create(path, 1000.0)
     b = Keyring.load_or_create(path, 1000.0)
     second = a.rotate(5000.0, 3600.0)
-    kek_id, wrapped = a.wrap(b"d" * 32, b"f" * 16)
+    kek_id, wrapped = a.wrap(b"d" * 32, FILE)
     assert kek_id == second
     # b's copy is stale; its own rotation sees a's and adopts it.
     assert b.rotate(5001.0, 3600.0) == second
-    assert b.unwrap(kek_id, b"f" * 16, wrapped) == b"d" * 32
-    b.destroy(1)
+    assert b.unwrap(kek_id, FILE, wrapped) == b"d" * 32
+    b.destroy(1, NOW)
     # a, still holding KEK 1 in memory, rotates later: KEK 1 stays gone.
     third = a.rotate(9000.0, 3600.0)
     assert third == second + 1
     fresh = Keyring.load_or_create(path, 0.0)
     assert [kid for kid, _ in fresh.entries()] == [second, third]
     with pytest.raises(KeyNotFound):
-        a.destroy(1)
+        a.destroy(1, NOW)
+
+
+def test_the_schema_knows_the_legacy_wrap_size() -> None:
+    """The partial index that finds legacy wraps names their size as SQL."""
+    from filestore.crypto import wrapping
+    from filestore.metadata.schema import LEGACY_WRAP_SIZE
+
+    assert LEGACY_WRAP_SIZE == wrapping.LEGACY_SIZE == 60

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from filestore.clock import ManualClock
 from filestore.crypto.join import JoinRequest, answer_join
-from filestore.crypto.keyring import wrap_aad
+from filestore.crypto.wrapping import DekBinding
 from filestore.crypto.ratchet import RatchetKeyring, RatchetState
 from filestore.errors import ConfigError, IntegrityError, KeyNotFound
 
@@ -37,8 +37,8 @@ GENESIS = 1_800_000_000.0  # a multiple of PERIOD
 NOW = GENESIS + 123.0
 DESTROY_AFTER = 86_400.0 - 120.0 + 60.0 + 600.0  # max_ttl + purge_interval + grace
 PSK = bytes(range(32, 80))
-FILE_ID = bytes(range(16))
-OTHER_FILE_ID = bytes(range(1, 17))
+FILE = DekBinding(bytes(range(16)), "acme")
+OTHER_FILE = DekBinding(bytes(range(1, 17)), "acme")
 MAX_ID = 0xFFFFFFFF
 
 
@@ -147,15 +147,15 @@ def test_by_default_epoch_ids_are_absolute(tmp_path: Path) -> None:
     assert (doc["genesis"], doc["period"], doc["epoch"]) == (0.0, PERIOD, first)
     assert (ring.genesis, ring.oldest_epoch, ring.current_epoch(NOW)) == (0.0, first, first)
     assert ring.start_of(first) <= NOW < ring.end_of(first)
-    kek_id, wrapped = ring.wrap(dek(1), FILE_ID, NOW)
+    kek_id, wrapped = ring.wrap(dek(1), FILE, NOW)
     assert kek_id == first
-    assert ring.unwrap(kek_id, FILE_ID, wrapped, NOW) == dek(1)
+    assert ring.unwrap(kek_id, FILE, wrapped, NOW) == dek(1)
     for earlier in (1, 2, first - 1):
         with pytest.raises(KeyNotFound, match="predates"):
-            ring.unwrap(earlier, FILE_ID, wrapped, NOW)
+            ring.unwrap(earlier, FILE, wrapped, NOW)
     # The next epoch starts on the next multiple of the period.
     assert ring.current_epoch(first * PERIOD) == first + 1
-    assert ring.wrap(dek(1), FILE_ID, first * PERIOD)[0] == first + 1
+    assert ring.wrap(dek(1), FILE, first * PERIOD)[0] == first + 1
 
 
 def test_an_explicit_genesis_numbers_from_one(tmp_path: Path) -> None:
@@ -199,8 +199,8 @@ def test_create_rejects_a_bad_time(tmp_path: Path, now: float) -> None:
 def test_load_gives_the_same_ratchet(a: RatchetKeyring, host_a: Path) -> None:
     loaded = RatchetKeyring.load(host_a)
     assert (loaded.genesis, loaded.period, loaded.oldest_epoch) == (GENESIS, PERIOD, 1)
-    kek_id, wrapped = a.wrap(dek(1), FILE_ID, NOW)
-    assert loaded.unwrap(kek_id, FILE_ID, wrapped, NOW) == dek(1)
+    kek_id, wrapped = a.wrap(dek(1), FILE, NOW)
+    assert loaded.unwrap(kek_id, FILE, wrapped, NOW) == dek(1)
     assert loaded.commitment(1, NOW) == a.commitment(1, NOW)
 
 
@@ -226,20 +226,20 @@ def test_epochs_follow_the_clock(a: RatchetKeyring) -> None:
 def test_time_may_be_a_clock_or_a_number(a: RatchetKeyring, clock: ManualClock) -> None:
     clock.set(at_epoch(4))
     assert a.current_epoch(clock) == a.current_epoch(clock.now()) == 4
-    kek_id, wrapped = a.wrap(dek(1), FILE_ID, clock)
+    kek_id, wrapped = a.wrap(dek(1), FILE, clock)
     assert kek_id == 4
-    assert a.unwrap(kek_id, FILE_ID, wrapped, clock.now()) == dek(1)
+    assert a.unwrap(kek_id, FILE, wrapped, clock.now()) == dek(1)
 
 
 # -------------------------------------------------------- matches the formulas
 def test_keks_and_commitments_follow_the_documented_chain(a: RatchetKeyring, host_a: Path) -> None:
     chain = spec_chain(file_secret(host_a), 6)
     for e in range(1, 7):
-        kek_id, wrapped = a.wrap(dek(e), FILE_ID, at_epoch(e))
+        kek_id, wrapped = a.wrap(dek(e), FILE, at_epoch(e))
         assert kek_id == e
-        assert len(wrapped) == 12 + 32 + 16
+        assert len(wrapped) == 1 + 12 + 32 + 16 and wrapped[0] == 2
         kek = chain[e][1]
-        plain = AESGCM(kek).decrypt(wrapped[:12], wrapped[12:], wrap_aad(e, FILE_ID))
+        plain = AESGCM(kek).decrypt(wrapped[1:13], wrapped[13:], FILE.aad(e))
         assert plain == dek(e)
         expected = hmac.new(kek, b"filestore/v1/ratchet-commitment", hashlib.sha256).digest()
         assert a.commitment(e, at_epoch(e)) == expected
@@ -249,34 +249,34 @@ def test_keks_and_commitments_follow_the_documented_chain(a: RatchetKeyring, hos
 def test_a_dek_wrapped_with_the_documented_kek_unwraps(a: RatchetKeyring, host_a: Path) -> None:
     kek = spec_chain(file_secret(host_a), 3)[3][1]
     nonce = os.urandom(12)
-    wrapped = nonce + AESGCM(kek).encrypt(nonce, dek(7), wrap_aad(3, FILE_ID))
-    assert a.unwrap(3, FILE_ID, wrapped, at_epoch(3)) == dek(7)
+    wrapped = b"\x02" + nonce + AESGCM(kek).encrypt(nonce, dek(7), FILE.aad(3))
+    assert a.unwrap(3, FILE, wrapped, at_epoch(3)) == dek(7)
 
 
 # ---------------------------------------------------------------- wrap/unwrap
 def test_wrap_unwrap_and_tampering(a: RatchetKeyring) -> None:
-    kek_id, wrapped = a.wrap(dek(1), FILE_ID, NOW)
-    assert a.unwrap(kek_id, FILE_ID, wrapped, NOW) == dek(1)
-    assert a.wrap(dek(1), FILE_ID, NOW)[1] != wrapped  # fresh nonce each time
+    kek_id, wrapped = a.wrap(dek(1), FILE, NOW)
+    assert a.unwrap(kek_id, FILE, wrapped, NOW) == dek(1)
+    assert a.wrap(dek(1), FILE, NOW)[1] != wrapped  # fresh nonce each time
     for i in range(len(wrapped)):
         bad = bytearray(wrapped)
         bad[i] ^= 0x01
         with pytest.raises(IntegrityError):
-            a.unwrap(kek_id, FILE_ID, bytes(bad), NOW)
+            a.unwrap(kek_id, FILE, bytes(bad), NOW)
     with pytest.raises(IntegrityError):
-        a.unwrap(kek_id, OTHER_FILE_ID, wrapped, NOW)
+        a.unwrap(kek_id, OTHER_FILE, wrapped, NOW)
     with pytest.raises(IntegrityError):
-        a.unwrap(kek_id + 1, FILE_ID, wrapped, NOW)  # relabelled to the next epoch
+        a.unwrap(kek_id + 1, FILE, wrapped, NOW)  # relabelled to the next epoch
     with pytest.raises(IntegrityError):
-        a.unwrap(kek_id, FILE_ID, wrapped[:-1], NOW)
+        a.unwrap(kek_id, FILE, wrapped[:-1], NOW)
     with pytest.raises(IntegrityError):
-        a.unwrap(kek_id, FILE_ID, wrapped + b"\x00", NOW)
+        a.unwrap(kek_id, FILE, wrapped + b"\x00", NOW)
 
 
 def test_wrap_rejects_a_dek_of_the_wrong_size(a: RatchetKeyring) -> None:
     for size in (0, 16, 31, 33):
         with pytest.raises(ValueError, match="32 bytes"):
-            a.wrap(bytes(size), FILE_ID, NOW)
+            a.wrap(bytes(size), FILE, NOW)
 
 
 def test_unwrap_allows_one_epoch_of_skew_and_refuses_the_future(
@@ -284,28 +284,28 @@ def test_unwrap_allows_one_epoch_of_skew_and_refuses_the_future(
 ) -> None:
     # b's clock is already in epoch 2 while a's is still late in epoch 1.
     late_in_1 = GENESIS + PERIOD - 1.0
-    kek_id, wrapped = b.wrap(dek(1), FILE_ID, GENESIS + PERIOD + 1.0)
+    kek_id, wrapped = b.wrap(dek(1), FILE, GENESIS + PERIOD + 1.0)
     assert kek_id == 2
-    assert a.unwrap(kek_id, FILE_ID, wrapped, late_in_1) == dek(1)
+    assert a.unwrap(kek_id, FILE, wrapped, late_in_1) == dek(1)
     # Two epochs ahead is refused, although the key could be derived.
-    kek_id, wrapped = b.wrap(dek(2), FILE_ID, at_epoch(3))
+    kek_id, wrapped = b.wrap(dek(2), FILE, at_epoch(3))
     assert kek_id == 3
     with pytest.raises(KeyNotFound, match="future"):
-        a.unwrap(kek_id, FILE_ID, wrapped, late_in_1)
-    assert a.unwrap(kek_id, FILE_ID, wrapped, at_epoch(2)) == dek(2)
+        a.unwrap(kek_id, FILE, wrapped, late_in_1)
+    assert a.unwrap(kek_id, FILE, wrapped, at_epoch(2)) == dek(2)
     with pytest.raises(KeyNotFound, match="future"):
         a.commitment(5, at_epoch(3))
     assert a.commitment(4, at_epoch(3)) == b.commitment(4, at_epoch(4))
 
 
 def test_a_far_future_or_invalid_id_is_refused_at_once(a: RatchetKeyring) -> None:
-    _, wrapped = a.wrap(dek(1), FILE_ID, NOW)
+    _, wrapped = a.wrap(dek(1), FILE, NOW)
     for kek_id in (MAX_ID, MAX_ID + 1, 2**40):
         with pytest.raises(KeyNotFound):
-            a.unwrap(kek_id, FILE_ID, wrapped, NOW)
+            a.unwrap(kek_id, FILE, wrapped, NOW)
     for kek_id in (0, -1):
         with pytest.raises(KeyNotFound):
-            a.unwrap(kek_id, FILE_ID, wrapped, NOW)
+            a.unwrap(kek_id, FILE, wrapped, NOW)
     with pytest.raises(KeyNotFound):
         a.commitment(0, NOW)
     # Nothing was derived for those ids: only epoch 1 (and nothing else) is held.
@@ -316,7 +316,7 @@ def test_wrap_with_a_clock_in_a_destroyed_epoch_is_refused(a: RatchetKeyring) ->
     a.advance(deadline(3), DESTROY_AFTER)
     assert a.oldest_epoch == 4
     with pytest.raises(KeyNotFound, match="destroyed"):
-        a.wrap(dek(1), FILE_ID, at_epoch(2))
+        a.wrap(dek(1), FILE, at_epoch(2))
 
 
 # ------------------------------------------------- two machines, one ratchet
@@ -328,12 +328,12 @@ def test_two_instances_without_shared_disk_unwrap_each_others_keys(
     assert mode(host_b) == 0o600
     assert json.loads(host_b.read_text()) == json.loads(host_a.read_text())
 
-    wrapped: list[tuple[int, bytes, bytes, bytes]] = []  # (kek_id, file_id, wrapped, dek)
+    wrapped: list[tuple[int, DekBinding, bytes, bytes]] = []  # (kek_id, file_id, wrapped, dek)
     for step in range(8):
         now = clock.now()
         assert a.current_epoch(clock) == b.current_epoch(clock) == step + 1
         writer, other = (a, b) if step % 2 == 0 else (b, a)
-        file_id = bytes([step]) * 16
+        file_id = DekBinding(bytes([step]) * 16, "acme")
         kek_id, w = writer.wrap(dek(step), file_id, clock)
         assert kek_id == step + 1
         wrapped.append((kek_id, file_id, w, dek(step)))
@@ -352,10 +352,10 @@ def test_independently_created_ratchets_are_told_apart(tmp_path: Path) -> None:
     e = one.current_epoch(NOW)
     assert two.current_epoch(NOW) == e
     assert one.commitment(e, NOW) != two.commitment(e, NOW)
-    kek_id, wrapped = one.wrap(dek(1), FILE_ID, NOW)
+    kek_id, wrapped = one.wrap(dek(1), FILE, NOW)
     assert kek_id == e
     with pytest.raises(IntegrityError):
-        two.unwrap(kek_id, FILE_ID, wrapped, NOW)
+        two.unwrap(kek_id, FILE, wrapped, NOW)
 
 
 # ------------------------------------------------------------- destruction
@@ -363,14 +363,14 @@ def test_advance_destroys_an_epoch_everywhere_after_its_deadline(
     a: RatchetKeyring, b: RatchetKeyring, host_a: Path, host_b: Path
 ) -> None:
     chain = spec_chain(file_secret(host_a), 6)
-    wrapped = {e: (a if e % 2 else b).wrap(dek(e), FILE_ID, at_epoch(e)) for e in range(1, 6)}
+    wrapped = {e: (a if e % 2 else b).wrap(dek(e), FILE, at_epoch(e)) for e in range(1, 6)}
     assert [w[0] for w in wrapped.values()] == [1, 2, 3, 4, 5]
 
     # One second before epoch 1's deadline nothing goes.
     for ring in (a, b):
         assert ring.due(deadline(1) - 1.0, DESTROY_AFTER) == []
         assert ring.advance(deadline(1) - 1.0, DESTROY_AFTER) == []
-        assert ring.unwrap(1, FILE_ID, wrapped[1][1], deadline(1) - 1.0) == dek(1)
+        assert ring.unwrap(1, FILE, wrapped[1][1], deadline(1) - 1.0) == dek(1)
 
     for ring, path in ((a, host_a), (b, host_b)):
         assert ring.due(deadline(1), DESTROY_AFTER) == [1]
@@ -380,11 +380,11 @@ def test_advance_destroys_an_epoch_everywhere_after_its_deadline(
         assert file_secret(path) == chain[2][0]
     for ring in (a, b):
         with pytest.raises(KeyNotFound, match="destroyed"):
-            ring.unwrap(1, FILE_ID, wrapped[1][1], deadline(1))
+            ring.unwrap(1, FILE, wrapped[1][1], deadline(1))
         with pytest.raises(KeyNotFound):
             ring.commitment(1, deadline(1))
         for e in range(2, 6):
-            assert ring.unwrap(e, FILE_ID, wrapped[e][1], deadline(1)) == dek(e)
+            assert ring.unwrap(e, FILE, wrapped[e][1], deadline(1)) == dek(e)
 
     # Later, two epochs at once.
     for ring, path in ((a, host_a), (b, host_b)):
@@ -392,9 +392,9 @@ def test_advance_destroys_an_epoch_everywhere_after_its_deadline(
         assert file_secret(path) == chain[4][0]
         for e in (1, 2, 3):
             with pytest.raises(KeyNotFound):
-                ring.unwrap(e, FILE_ID, wrapped[e][1], deadline(3) + 10.0)
+                ring.unwrap(e, FILE, wrapped[e][1], deadline(3) + 10.0)
         for e in (4, 5):
-            assert ring.unwrap(e, FILE_ID, wrapped[e][1], deadline(3) + 10.0) == dek(e)
+            assert ring.unwrap(e, FILE, wrapped[e][1], deadline(3) + 10.0) == dek(e)
 
     # Nothing on either disk from which KEK_1..KEK_3 follow.
     for path in (host_a, host_b):
@@ -424,9 +424,9 @@ def test_advance_never_destroys_the_current_epoch(a: RatchetKeyring) -> None:
     now = at_epoch(5, offset=0.0)  # the first instant of epoch 5
     assert a.advance(now, 0.0) == [1, 2, 3, 4]
     assert a.advance(now + PERIOD - 1.0, 0.0) == []
-    kek_id, wrapped = a.wrap(dek(1), FILE_ID, now)
+    kek_id, wrapped = a.wrap(dek(1), FILE, now)
     assert (kek_id, a.oldest_epoch) == (5, 5)
-    assert a.unwrap(kek_id, FILE_ID, wrapped, now) == dek(1)
+    assert a.unwrap(kek_id, FILE, wrapped, now) == dek(1)
 
 
 def test_the_current_epoch_survives_float_rounding_at_its_own_end(tmp_path: Path) -> None:
@@ -441,9 +441,9 @@ def test_the_current_epoch_survives_float_rounding_at_its_own_end(tmp_path: Path
     assert ring.current_epoch(now) == e and ring.deadline(e, 0.0) <= now  # the edge case
     assert ring.due(now, 0.0) == [e - 3, e - 2, e - 1]
     assert ring.advance(now, 0.0) == [e - 3, e - 2, e - 1]
-    kek_id, wrapped = ring.wrap(dek(1), FILE_ID, now)
+    kek_id, wrapped = ring.wrap(dek(1), FILE, now)
     assert kek_id == e
-    assert ring.unwrap(kek_id, FILE_ID, wrapped, now) == dek(1)
+    assert ring.unwrap(kek_id, FILE, wrapped, now) == dek(1)
 
 
 def test_an_epoch_is_due_exactly_at_its_deadline_despite_rounding(tmp_path: Path) -> None:
@@ -513,38 +513,38 @@ def test_advance_rejects_a_bad_destroy_after(a: RatchetKeyring) -> None:
 
 
 def test_keep_from_holds_an_epoch_and_everything_after_it(a: RatchetKeyring) -> None:
-    _, w2 = a.wrap(dek(2), FILE_ID, at_epoch(2))
+    _, w2 = a.wrap(dek(2), FILE, at_epoch(2))
     assert a.due(deadline(4), DESTROY_AFTER) == [1, 2, 3, 4]
     assert a.advance(deadline(4), DESTROY_AFTER, keep_from=2) == [1]
-    assert a.unwrap(2, FILE_ID, w2, deadline(4)) == dek(2)
+    assert a.unwrap(2, FILE, w2, deadline(4)) == dek(2)
     assert a.due(deadline(4), DESTROY_AFTER) == [2, 3, 4]
     assert a.advance(deadline(4), DESTROY_AFTER) == [2, 3, 4]
     with pytest.raises(KeyNotFound):
-        a.unwrap(2, FILE_ID, w2, deadline(4))
+        a.unwrap(2, FILE, w2, deadline(4))
 
 
 def test_due_destroys_nothing(a: RatchetKeyring, host_a: Path) -> None:
     content = host_a.read_bytes()
-    _, w1 = a.wrap(dek(1), FILE_ID, NOW)
+    _, w1 = a.wrap(dek(1), FILE, NOW)
     assert a.due(deadline(2), DESTROY_AFTER) == [1, 2]
     assert host_a.read_bytes() == content
-    assert a.unwrap(1, FILE_ID, w1, deadline(2)) == dek(1)
+    assert a.unwrap(1, FILE, w1, deadline(2)) == dek(1)
 
 
 def test_destruction_survives_a_restart(a: RatchetKeyring, host_a: Path) -> None:
-    wrapped = {e: a.wrap(dek(e), FILE_ID, at_epoch(e))[1] for e in (1, 2, 3)}
+    wrapped = {e: a.wrap(dek(e), FILE, at_epoch(e))[1] for e in (1, 2, 3)}
     a.advance(deadline(1), DESTROY_AFTER)
     restarted = RatchetKeyring.load(host_a)
     assert restarted.oldest_epoch == 2
     with pytest.raises(KeyNotFound):
-        restarted.unwrap(1, FILE_ID, wrapped[1], deadline(1))
-    assert restarted.unwrap(3, FILE_ID, wrapped[3], deadline(1)) == dek(3)
+        restarted.unwrap(1, FILE, wrapped[1], deadline(1))
+    assert restarted.unwrap(3, FILE, wrapped[3], deadline(1)) == dek(3)
 
 
 def test_destroyed_buffers_are_zeroed(a: RatchetKeyring) -> None:
     """Best effort (see the module docstring), but the buffers we own go."""
-    _, w1 = a.wrap(dek(1), FILE_ID, NOW)
-    a.wrap(dek(1), FILE_ID, at_epoch(3))  # derives epochs 1..3, uses 1 and 3
+    _, w1 = a.wrap(dek(1), FILE, NOW)
+    a.wrap(dek(1), FILE, at_epoch(3))  # derives epochs 1..3, uses 1 and 3
     objects = {e: a._chain[e] for e in (1, 2, 3)}
     held = {e: (objects[e].secret, objects[e].kek) for e in (1, 2, 3)}
     assert all(any(buf) for pair in held.values() for buf in pair)
@@ -558,7 +558,7 @@ def test_destroyed_buffers_are_zeroed(a: RatchetKeyring) -> None:
     assert any(held[3][0]) and any(held[3][1]) and objects[3]._aead is not None
     assert sorted(a._chain) == [3]
     with pytest.raises(KeyNotFound):
-        a.unwrap(1, FILE_ID, w1, deadline(2))
+        a.unwrap(1, FILE, w1, deadline(2))
 
 
 # ------------------------------------------------- backups and late joiners
@@ -566,20 +566,20 @@ def test_only_a_copy_from_before_destruction_revives_an_epoch(
     a: RatchetKeyring, host_a: Path, tmp_path: Path
 ) -> None:
     """Why the ratchet file must never be backed up."""
-    _, w1 = a.wrap(dek(1), FILE_ID, NOW)
+    _, w1 = a.wrap(dek(1), FILE, NOW)
     backup = tmp_path / "backup" / "ratchet.json"
     backup.parent.mkdir(mode=0o700)
     shutil.copy2(host_a, backup)
     a.advance(deadline(1), DESTROY_AFTER)
     with pytest.raises(KeyNotFound):
-        a.unwrap(1, FILE_ID, w1, deadline(1))
+        a.unwrap(1, FILE, w1, deadline(1))
     # The copy alone is enough to read epoch 1 again…
     revived = RatchetKeyring.load(backup)
-    assert revived.unwrap(1, FILE_ID, w1, deadline(1)) == dek(1)
+    assert revived.unwrap(1, FILE, w1, deadline(1)) == dek(1)
     # …and loading it then advancing destroys it again.
     assert revived.advance(deadline(1), DESTROY_AFTER) == [1]
     with pytest.raises(KeyNotFound):
-        revived.unwrap(1, FILE_ID, w1, deadline(1))
+        revived.unwrap(1, FILE, w1, deadline(1))
 
 
 def test_a_restored_file_is_pushed_forward_by_a_running_process(
@@ -600,16 +600,16 @@ def test_a_joiner_after_destruction_gets_no_destroyed_epoch(
     a: RatchetKeyring, host_a: Path, tmp_path: Path
 ) -> None:
     chain = spec_chain(file_secret(host_a), 4)
-    wrapped = {e: a.wrap(dek(e), FILE_ID, at_epoch(e))[1] for e in (1, 2, 3, 4)}
+    wrapped = {e: a.wrap(dek(e), FILE, at_epoch(e))[1] for e in (1, 2, 3, 4)}
     now = deadline(2)
     a.advance(now, DESTROY_AFTER)
     late = join(a, tmp_path / "host-c" / "ratchet.json", now)
     assert late.oldest_epoch == 3
     for e in (1, 2):
         with pytest.raises(KeyNotFound):
-            late.unwrap(e, FILE_ID, wrapped[e], now)
+            late.unwrap(e, FILE, wrapped[e], now)
     for e in (3, 4):
-        assert late.unwrap(e, FILE_ID, wrapped[e], now) == dek(e)
+        assert late.unwrap(e, FILE, wrapped[e], now) == dek(e)
     raw = (tmp_path / "host-c" / "ratchet.json").read_bytes()
     for e in (1, 2):
         for text in encodings(chain[e][0]) + encodings(chain[e][1]):
@@ -628,14 +628,14 @@ def test_a_joiner_advances_what_the_peer_handed_over(a: RatchetKeyring, tmp_path
 # ---------------------------------------------- processes sharing one file
 def test_processes_sharing_a_file_never_move_it_backwards(a: RatchetKeyring, host_a: Path) -> None:
     other = RatchetKeyring.load(host_a)  # a second process on the same host
-    _, w1 = other.wrap(dek(1), FILE_ID, NOW)
+    _, w1 = other.wrap(dek(1), FILE, NOW)
     assert a.advance(deadline(1), DESTROY_AFTER) == [1]
     # The other process's clock is a little behind: by its own reckoning
     # nothing is due, yet it adopts what the file says.
     assert other.advance(deadline(1) - 5.0, DESTROY_AFTER) == [1]
     assert json.loads(host_a.read_text())["epoch"] == 2
     with pytest.raises(KeyNotFound):
-        other.unwrap(1, FILE_ID, w1, deadline(1))
+        other.unwrap(1, FILE, w1, deadline(1))
 
 
 def test_advance_refuses_a_file_holding_another_ratchet(
@@ -694,8 +694,8 @@ def test_wrap_and_unwrap_stay_correct_while_advancing(a: RatchetKeyring) -> None
     def worker() -> None:
         try:
             while not stop.is_set():
-                kek_id, wrapped = a.wrap(dek(1), FILE_ID, now)
-                assert a.unwrap(kek_id, FILE_ID, wrapped, now) == dek(1)
+                kek_id, wrapped = a.wrap(dek(1), FILE, now)
+                assert a.unwrap(kek_id, FILE, wrapped, now) == dek(1)
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -834,19 +834,19 @@ def test_a_file_others_can_read_is_refused(a: RatchetKeyring, host_a: Path, bad_
 
 # ------------------------------------------------------------------- leaks
 def test_no_key_bytes_in_reprs_or_errors(a: RatchetKeyring, host_a: Path) -> None:
-    a.wrap(dek(1), FILE_ID, at_epoch(3))
+    a.wrap(dek(1), FILE, at_epoch(3))
     chain = spec_chain(file_secret(host_a), 3)
     state = a.export_state()
     texts = [repr(a), str(a), repr(state), str(state), repr(a._chain[2])]
-    _, wrapped = a.wrap(dek(1), FILE_ID, at_epoch(3))
+    _, wrapped = a.wrap(dek(1), FILE, at_epoch(3))
     with pytest.raises(IntegrityError) as tampered:
-        a.unwrap(3, OTHER_FILE_ID, wrapped, at_epoch(3))
+        a.unwrap(3, OTHER_FILE, wrapped, at_epoch(3))
     with pytest.raises(KeyNotFound) as future:
-        a.unwrap(9, FILE_ID, wrapped, at_epoch(3))
+        a.unwrap(9, FILE, wrapped, at_epoch(3))
     texts += [str(tampered.value), str(future.value)]
     a.advance(deadline(1), DESTROY_AFTER)
     with pytest.raises(KeyNotFound) as gone:
-        a.unwrap(1, FILE_ID, wrapped, deadline(1))
+        a.unwrap(1, FILE, wrapped, deadline(1))
     texts.append(str(gone.value))
     assert "RatchetKeyring(" in texts[0] and "oldest_epoch=1" in texts[0]
     for e in (1, 2, 3):
