@@ -24,6 +24,7 @@ from aiohttp import web
 from filestore import __version__, audit_cli
 from filestore.api.access_log import AccessLogger
 from filestore.api.app import create_app
+from filestore.api.connections import GuardedSite
 from filestore.auth import create_key
 from filestore.clock import SystemClock
 from filestore.config import Settings
@@ -131,14 +132,16 @@ async def _serve(settings: Settings, run_scheduler: bool = True) -> None:
             # A deeper request buffer: fewer pause/resume cycles of the socket
             # while a large upload streams in (bounded per connection).
             read_bufsize=READ_BUFSIZE,
+            keepalive_timeout=settings.keepalive_timeout,
         )
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port)
+        # A TCP site whose connections must finish each request head within
+        # HEADER_TIMEOUT (filestore.api.connections).
+        site = GuardedSite(
+            runner, settings.host, settings.port, header_timeout=settings.header_timeout
+        )
         await site.start()
-        port = settings.port
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            port = server.sockets[0].getsockname()[1]
+        port = site.port
         if run_scheduler:
             scheduler.start()
         else:

@@ -196,6 +196,12 @@ class Settings:
     log_level: str = "INFO"
     #: A client that sends no body bytes for this long is cut off (408).
     read_timeout: float = 60.0
+    #: A client must send a whole request head (request line and headers)
+    #: within this long of connecting, or of its next request's first byte.
+    header_timeout: float = 20.0
+    #: An idle kept-alive connection is closed after this long (keep it above
+    #: a proxy's idle upstream timeout: nginx's is 60 s).
+    keepalive_timeout: float = 75.0
     #: A download already streaming at expiry may go on this long, then is cut
     #: (unset: 60 s, or the purge interval if that is shorter).
     download_grace: float = 60.0
@@ -356,6 +362,9 @@ class Settings:
                 "FILESTORE_DOWNLOAD_GRACE may be at most FILESTORE_PURGE_INTERVAL, so a "
                 "download in flight at expiry ends within the 24-hour bound"
             )
+        for name in ("header_timeout", "keepalive_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"FILESTORE_{name.upper()} must be positive")
         if self.kek_rotation < 60:
             raise ConfigError("FILESTORE_KEK_ROTATION must be at least 60 seconds")
         if not 0 < self.default_ttl <= self.max_ttl:
@@ -413,6 +422,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "audit_origin": str,
     "log_level": _parse_level,
     "read_timeout": parse_duration,
+    "header_timeout": parse_duration,
+    "keepalive_timeout": parse_duration,
     "upload_grace": parse_duration,
     "download_grace": parse_duration,
     "sweep_interval": parse_duration,
