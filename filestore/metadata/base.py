@@ -142,6 +142,18 @@ class InstanceStatus:
     reclaim_blocked: str | None
 
 
+@dataclass(frozen=True)
+class PassRecord:
+    """One purge pass in the cluster's pass history (``purge_passes``)."""
+
+    instance: str
+    started_at: float
+    finished_at: float
+    purged: int
+    failed: int
+    max_overdue: float
+    error: str | None
+
 
 class FileStore(Protocol):
     """Files, their wrapped keys and the deletion leases. Each method is one
@@ -217,6 +229,13 @@ class FileStore(Protocol):
 
     async def purge_stats(self, now: float) -> PurgeStats: ...
 
+    async def lifetime_histogram(self, now: float, width: float, buckets: int) -> list[int]:
+        """Live files (``uploading`` or ``active``) not yet expired, counted
+        by remaining lifetime in one grouped query: element ``i`` counts those
+        expiring in ``[now + i·width, now + (i+1)·width)``, the last element
+        also those expiring later. Costs a pass over the live files' index
+        entries (the status page, not the purge, asks for it)."""
+
     async def stuck_uploads(self, cutoff: float, limit: int) -> list[FileRecord]:
         """Rows still ``uploading`` that were created before ``cutoff``."""
 
@@ -268,10 +287,16 @@ class ClusterStore(Protocol):
         server, so their clocks agree within twice the largest offset."""
 
     async def report_pass(self, status: InstanceStatus) -> None:
-        """Record an instance's last pass, for the cluster-wide status."""
+        """Record an instance's last pass, for the cluster-wide status, and
+        append it to the pass history; in the same transaction, forget
+        history older than ``PASS_HISTORY`` (36 h) before this pass's end."""
 
     async def instance_passes(self) -> list[InstanceStatus]:
         """Every instance's last reported pass, newest first."""
+
+    async def pass_history(self, since: float, limit: int) -> list[PassRecord]:
+        """Passes of every instance that finished at or after ``since``,
+        oldest first; at most ``limit``, the newest ones if there are more."""
 
 
 class AuditStore(Protocol):

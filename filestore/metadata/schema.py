@@ -104,6 +104,21 @@ instance_passes = sa.Table(
     sa.Column("reclaim_blocked", sa.Text),
 )
 
+#: Every instance's passes of the last day and a half (the status page's
+#: pass history and purge-lag chart); pruned by each report.
+purge_passes = sa.Table(
+    "purge_passes",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("instance", sa.Text, nullable=False),
+    sa.Column("started_at", sa.Float(53), nullable=False),
+    sa.Column("finished_at", sa.Float(53), nullable=False),
+    sa.Column("purged", sa.BigInteger, nullable=False),
+    sa.Column("failed", sa.BigInteger, nullable=False),
+    sa.Column("max_overdue", sa.Float(53), nullable=False),
+    sa.Column("error", sa.Text),
+)
+
 #: Commitments of ratchet epochs (HMAC under each epoch's KEK), one per epoch.
 kek_commitments = sa.Table(
     "kek_commitments",
@@ -138,6 +153,7 @@ _partial(
     "file_keys_legacy_wrap", file_keys, ["file_id"], f"length(wrapped_dek) = {LEGACY_WRAP_SIZE}"
 )
 sa.Index("audit_log_time", audit_log.c.recorded_at)
+sa.Index("purge_passes_finished", purge_passes.c.finished_at)
 sa.Index("audit_checkpoints_size", audit_checkpoints.c.size)
 # Exactly one deletion record per file and one per KEK, whatever crashes,
 # retries and racing instances do.

@@ -30,6 +30,7 @@ from filestore.metadata.base import (
     FileRecord,
     FileState,
     InstanceStatus,
+    PassRecord,
     PurgeStats,
     ReclaimReport,
     Role,
@@ -44,6 +45,7 @@ from filestore.metadata.schema import (
     files,
     instance_passes,
     kek_commitments,
+    purge_passes,
 )
 
 T = TypeVar("T")
@@ -77,6 +79,8 @@ _KEY_COLUMNS = (
 )
 #: How long an instance that stopped reporting stays in the cluster status.
 INSTANCE_MEMORY = 86400.0
+#: How far back the pass history reaches (from the newest pass's end).
+PASS_HISTORY = 36 * 3600.0
 #: Ids per ``IN (…)`` list, under every database's parameter limit.
 IN_CHUNK = 500
 
@@ -437,6 +441,36 @@ class SQLFileStore(_Part):
 
         return await self._read(fn)
 
+    async def lifetime_histogram(self, now: float, width: float, buckets: int) -> list[int]:
+        if buckets < 1 or width <= 0:
+            raise ValueError("a histogram needs at least one bucket of positive width")
+        # Plain comparisons in a CASE, the same on every database (casts of
+        # a float to an integer truncate on SQLite and round on PostgreSQL),
+        # grouped by its name so the statement binds each bound once.
+        bucket = sa.case(
+            *(
+                (files.c.expires_at < now + (i + 1) * width, sa.literal_column(str(i)))
+                for i in range(buckets - 1)
+            ),
+            else_=sa.literal_column(str(buckets - 1)),
+        ).label("bucket")
+        live = (
+            rules.state_is(FileState.UPLOADING, FileState.ACTIVE),
+            files.c.expires_at > now,
+        )
+
+        def fn(conn: sa.Connection) -> list[int]:
+            counts = [0] * buckets
+            if buckets == 1:
+                counts[0] = int(conn.execute(sa.select(sa.func.count()).where(*live)).scalar_one())
+                return counts
+            query = sa.select(bucket, sa.func.count()).where(*live).group_by(sa.text("bucket"))
+            for index, count in conn.execute(query):
+                counts[int(index)] = int(count)
+            return counts
+
+        return await self._read(fn)
+
     async def stuck_uploads(self, cutoff: float, limit: int) -> list[FileRecord]:
         def fn(conn: sa.Connection) -> list[FileRecord]:
             rows = conn.execute(
@@ -740,8 +774,42 @@ class SQLClusterStore(_Part):
                     instance_passes.c.finished_at < status.finished_at - INSTANCE_MEMORY
                 )
             )
+            conn.execute(
+                purge_passes.insert().values(
+                    instance=status.instance,
+                    **{k: v for k, v in values.items() if k != "reclaim_blocked"},
+                )
+            )
+            conn.execute(
+                purge_passes.delete().where(
+                    purge_passes.c.finished_at < status.finished_at - PASS_HISTORY
+                )
+            )
 
         await self._write(fn)
+
+    async def pass_history(self, since: float, limit: int) -> list[PassRecord]:
+        def fn(conn: sa.Connection) -> list[PassRecord]:
+            rows = conn.execute(
+                sa.select(purge_passes)
+                .where(purge_passes.c.finished_at >= since)
+                .order_by(purge_passes.c.finished_at.desc(), purge_passes.c.id.desc())
+                .limit(limit)
+            ).all()
+            return [
+                PassRecord(
+                    instance=str(r.instance),
+                    started_at=float(r.started_at),
+                    finished_at=float(r.finished_at),
+                    purged=int(r.purged),
+                    failed=int(r.failed),
+                    max_overdue=float(r.max_overdue),
+                    error=r.error,
+                )
+                for r in reversed(rows)
+            ]
+
+        return await self._read(fn)
 
     async def instance_passes(self) -> list[InstanceStatus]:
         def fn(conn: sa.Connection) -> list[InstanceStatus]:
