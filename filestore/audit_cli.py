@@ -3,8 +3,19 @@ receipts offline.
 
 ``verify`` and ``verify-receipt`` need nothing but the file and the public
 key — no server, no database — so an auditor runs them on their own machine.
-Exit codes: 0 verified, 1 verification failed (the message names the first
-bad line and record), 2 usage or unreadable input.
+Exit codes (``verify`` and ``verify-receipt``):
+
+====  =====================================================================
+0     verified: sound, complete (or ``--allow-partial``), promise kept
+1     verification failed: tampered, malformed, forked, stale or
+      unsigned (the message names the first bad line and record)
+2     usage or unreadable input
+3     sound but incomplete: a partial export (cut, time-bounded or not
+      from seq 1) without ``--allow-partial``
+4     sound, but records break the promise (listed one per line)
+====  =====================================================================
+
+A fault outranks a broken promise, which outranks an incomplete log.
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from filestore import auditlog
 from filestore.audit import (
@@ -24,6 +36,7 @@ from filestore.audit import (
     verify_export,
     verify_receipt,
 )
+from filestore.audit.promise import PromiseCheck
 from filestore.clock import SystemClock, parse_time, rfc3339
 from filestore.config import Settings
 from filestore.crypto.signing import public_key_pem
@@ -55,10 +68,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=7200.0,
         help="newest checkpoint may be at most this many seconds old",
     )
+    verify.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="accept an export that does not prove the whole log (exit 0, not 3)",
+    )
     verify.add_argument("--now", type=float, help=argparse.SUPPRESS)
     receipt = cmds.add_parser("verify-receipt", help="verify a deletion receipt offline")
     receipt.add_argument("receipt_file")
     receipt.add_argument("--public-key", required=True)
+    receipt.add_argument("--file-id", help="the receipt must be for this file")
+    receipt.add_argument("--tenant", help="... of this tenant")
     key = cmds.add_parser("public-key", help="print the log's public key")
     key.add_argument("--format", choices=["pem", "vkey"], default="pem")
 
@@ -110,6 +130,62 @@ async def _public_key(settings: Settings, fmt: str) -> None:
             print(verifier_key_string(auditlog.KEY_NAME, svc.signing_key.public_key()))
 
 
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_PROMISE = 0, 1, 2, 3, 4
+
+
+def _verify(args: argparse.Namespace, public_key: Any, key_name: str | None) -> int:
+    trusted = _read(args.trusted_checkpoint) if args.trusted_checkpoint else None
+    report = verify_export(
+        _read(args.export_file).splitlines(),
+        public_key,
+        key_name=key_name,
+        trusted_checkpoint=trusted,
+        now=args.now if args.now is not None else time.time(),
+        max_age=args.max_age,
+    )
+    scope = (
+        f"complete from seq 1 to the newest checkpoint (size {report.latest_size})"
+        if report.complete
+        else "partial: it does not prove the whole log"
+    )
+    print(
+        f"signatures and chain OK: {report.records} records (seq {report.first_seq}.."
+        f"{report.last_seq}), {report.checkpoints} checkpoints; newest checkpoint size "
+        f"{report.latest_size} signed at {rfc3339(report.latest_time)}; {scope}"
+        + ("; consistent with the trusted checkpoint" if report.trusted_checked else "")
+    )
+    for violation in report.violations:
+        print(f"PROMISE BROKEN: {violation}", file=sys.stderr)
+    if report.violation_count > len(report.violations):
+        more = report.violation_count - len(report.violations)
+        print(f"PROMISE BROKEN: ... and {more} more", file=sys.stderr)
+    if report.violation_count:
+        print(f"FAILED: {report.violation_count} records break the promise", file=sys.stderr)
+        return EXIT_PROMISE
+    if not report.complete and not args.allow_partial:
+        print(
+            "INCOMPLETE: the export does not prove the whole log; export it in full, "
+            "or pass --allow-partial to accept a partial one",
+            file=sys.stderr,
+        )
+        return EXIT_INCOMPLETE
+    return EXIT_OK
+
+
+def _verify_receipt(args: argparse.Namespace, public_key: Any, key_name: str | None) -> int:
+    data = json.loads(_read(args.receipt_file))
+    record = verify_receipt(data, public_key, key_name, file_id=args.file_id, tenant=args.tenant)
+    print(
+        f"signature and inclusion OK: file {record.file_id} deleted at "
+        f"{rfc3339(record.deleted_at or 0)} (reason {record.reason}), record seq "
+        f"{record.seq} is in the signed log"
+    )
+    broken = PromiseCheck().check(record)
+    for reason in broken:
+        print(f"PROMISE BROKEN: seq {record.seq}: {reason}", file=sys.stderr)
+    return EXIT_PROMISE if broken else EXIT_OK
+
+
 def run(args: argparse.Namespace, settings_factory: type[Settings]) -> int:
     """Run one audit subcommand; returns the exit code."""
     cmd = args.audit_command
@@ -117,39 +193,17 @@ def run(args: argparse.Namespace, settings_factory: type[Settings]) -> int:
         public_key, key_name = load_verifier(_read(args.public_key))
         try:
             if cmd == "verify":
-                trusted = _read(args.trusted_checkpoint) if args.trusted_checkpoint else None
-                report = verify_export(
-                    _read(args.export_file).splitlines(),
-                    public_key,
-                    key_name=key_name,
-                    trusted_checkpoint=trusted,
-                    now=args.now if args.now is not None else time.time(),
-                    max_age=args.max_age,
-                )
-                print(
-                    f"OK: {report.records} records (seq {report.first_seq}.."
-                    f"{report.last_seq}), {report.checkpoints} checkpoints; newest "
-                    f"checkpoint size {report.latest_size} at {rfc3339(report.latest_time)}"
-                    + ("; complete log" if report.complete else "; partial export")
-                    + ("; consistent with the trusted checkpoint" if report.trusted_checked else "")
-                )
-            else:
-                data = json.loads(_read(args.receipt_file))
-                record = verify_receipt(data, public_key, key_name)
-                print(
-                    f"OK: file {record.file_id} deleted at {rfc3339(record.deleted_at or 0)} "
-                    f"(reason {record.reason}), record seq {record.seq} is in the signed log"
-                )
+                return _verify(args, public_key, key_name)
+            return _verify_receipt(args, public_key, key_name)
         except AuditVerificationError as exc:
             print(f"FAILED: {exc}", file=sys.stderr)
-            return 1
+            return EXIT_FAILED
         except ValueError as exc:  # malformed JSON receipt
             print(f"FAILED: not a readable receipt ({exc})", file=sys.stderr)
-            return 1
-        return 0
+            return EXIT_FAILED
     settings = settings_factory.load(config_file=args.config)
     if cmd == "export":
         asyncio.run(_export(settings, args))
     else:
         asyncio.run(_public_key(settings, args.format))
-    return 0
+    return EXIT_OK

@@ -70,11 +70,18 @@ def make_receipt(
 
 
 def verify_receipt(
-    receipt: Mapping[str, Any], public_key: Ed25519PublicKey, key_name: str | None = None
+    receipt: Mapping[str, Any],
+    public_key: Ed25519PublicKey,
+    key_name: str | None = None,
+    *,
+    file_id: str | None = None,
+    tenant: str | None = None,
 ) -> AuditRecord:
     """The receipt's record, after checking the record's hash, the signature
-    on the checkpoint and the inclusion proof. Raises AuditVerificationError
-    on any failure or an unexpected or missing key."""
+    on the checkpoint and the inclusion proof, and — when given — that it is
+    the deletion of ``file_id`` (of ``tenant``): a valid receipt for another
+    file proves nothing about this one. Raises AuditVerificationError on any
+    failure or an unexpected or missing key."""
     if not isinstance(receipt, Mapping) or set(receipt) != _KEYS:
         raise AuditVerificationError("not a deletion receipt (unexpected or missing keys)")
     if receipt["format"] != RECEIPT_FORMAT:
@@ -98,4 +105,8 @@ def verify_receipt(
     if record.seq == cp.size and record.hash != cp.chain_head:
         raise AuditVerificationError("the checkpoint's chain head is not the record")
     verify_inclusion(bytes.fromhex(record.hash), record.seq - 1, cp.size, proof, cp.root)
+    if file_id is not None and (record.event != "file_deleted" or record.file_id != file_id):
+        raise AuditVerificationError("the receipt is valid but for another file")
+    if tenant is not None and record.tenant != tenant:
+        raise AuditVerificationError("the receipt is valid but for another tenant's file")
     return record

@@ -13,7 +13,14 @@
    checkpoint is no older than ``max_age`` (a cut tail or a replayed export
    shows up as one of these);
 4. with a trusted checkpoint an auditor kept from before: that the export's
-   history extends it (same root at its size, or a consistency proof).
+   history extends it (same root at its size, or a consistency proof);
+5. that checkpoint times never run backwards (beyond ``CHECKPOINT_SKEW``).
+
+Beside the bytes, every record is held to the promise it records
+(:mod:`.promise`): deleted within 24 hours of upload, consistent with its
+reason and times, every verification flag true, one record per file. Those
+findings do not stop the pass; they are listed in the report's
+``violations``, so an auditor sees all of them.
 
 The first failure raises :class:`~.errors.AuditVerificationError` naming the
 line and, where there is one, the seq.
@@ -40,19 +47,31 @@ from filestore.audit.errors import AuditVerificationError
 from filestore.audit.export import EXPORT_FORMAT
 from filestore.audit.frontier import Frontier
 from filestore.audit.merkle import verify_consistency, verify_inclusion
+from filestore.audit.promise import PromiseCheck, Violation
 from filestore.audit.records import GENESIS_HASH, AuditRecord
 
-__all__ = ["VerifyReport", "verify_export"]
+__all__ = ["CHECKPOINT_SKEW", "VerifyReport", "Violation", "verify_export"]
+
+#: How far one checkpoint's time may lie before the previous one's: the
+#: instances that sign them keep their clocks within this of the database's.
+CHECKPOINT_SKEW = 5.0
+#: Violations kept in a report (all are counted).
+MAX_VIOLATIONS = 1000
 
 
 @dataclass(frozen=True)
 class VerifyReport:
     """What a successful verification established.
 
-    ``complete`` is True when the export starts at seq 1 and reaches its
-    newest checkpoint: it then proves the whole log up to that checkpoint.
+    ``complete`` is True when the export is not marked partial, starts at
+    seq 1 and reaches its newest checkpoint, which is no older than the
+    export: it then proves the whole log up to that checkpoint. (Whether
+    that checkpoint is the log's newest only a fresher one can tell: a
+    trusted checkpoint or a witness.)
     ``unsigned`` counts records after the last checkpoint (only possible with
     ``allow_unsigned_tail=True``); they are chained but not signed.
+    ``violations`` lists (up to ``MAX_VIOLATIONS`` of ``violation_count``)
+    records that are sound but break the promise they record.
     """
 
     records: int
@@ -65,6 +84,8 @@ class VerifyReport:
     complete: bool
     trusted_checked: bool
     unsigned: int
+    violations: tuple[Violation, ...] = ()
+    violation_count: int = 0
 
 
 class _Verifier:
@@ -88,6 +109,7 @@ class _Verifier:
         self.partial = False
         self.since: float | None = None
         self.until: float | None = None
+        self.exported_at = 0.0
         self.tree = Frontier()
         self.last_hash = GENESIS_HASH
         self.records = 0
@@ -100,6 +122,10 @@ class _Verifier:
         self.latest: tuple[Checkpoint, int] | None = None  # largest size, then newest
         self.freshest: tuple[float, int] | None = None  # newest time and its line
         self.trusted_checked = trusted is None
+        self.promise = PromiseCheck(max_skew)
+        self.violations: list[Violation] = []
+        self.violation_count = 0
+        self.last_cp_time: float | None = None
 
     @property
     def pos(self) -> int:
@@ -135,8 +161,10 @@ class _Verifier:
             time_or_none(obj["since"], "since"),
             time_or_none(obj["until"], "until"),
         )
-        if time_or_none(obj["exported_at"], "exported_at") is None:
+        exported_at = time_or_none(obj["exported_at"], "exported_at")
+        if exported_at is None:
             raise AuditVerificationError("exported_at is missing")
+        self.exported_at = exported_at
         self.partial = obj["partial"]
         if not self.partial and (self.since is not None or self.until is not None or first != 1):
             raise AuditVerificationError("a time-bounded or later-starting export must be partial")
@@ -189,6 +217,10 @@ class _Verifier:
         self.tree.append(bytes.fromhex(record.hash))
         self.last_hash = record.hash
         self.records += 1
+        for reason in self.promise.check(record):
+            self.violation_count += 1
+            if len(self.violations) < MAX_VIOLATIONS:
+                self.violations.append(Violation(seq, number, reason))
         if self.unsigned_from is None:
             self.unsigned_from = (number, seq)
         self.check_trusted_at_position(seq)
@@ -222,6 +254,12 @@ class _Verifier:
             )
         if cp.time > self.now + self.max_skew:
             raise AuditVerificationError(f"{where} is dated in the future")
+        if self.last_cp_time is not None and cp.time < self.last_cp_time - CHECKPOINT_SKEW:
+            raise AuditVerificationError(
+                f"{where} is dated before the checkpoint preceding it: checkpoint times "
+                "run backwards"
+            )
+        self.last_cp_time = max(cp.time, self.last_cp_time or cp.time)
         if size == pos and self.ahead is None:
             if cp.root != self.tree.root():
                 raise AuditVerificationError(
@@ -321,6 +359,14 @@ class _Verifier:
                 seq=seq,
             )
         newest_time, newest_line = self.freshest
+        if not self.partial and newest_time < self.exported_at - self.max_skew:
+            # An export signs a checkpoint as it is made: a full one whose
+            # newest checkpoint predates it lost its tail.
+            raise AuditVerificationError(
+                "the newest checkpoint is older than the export: the records after it "
+                "were cut off",
+                line=newest_line,
+            )
         if newest_time < self.now - self.max_age:
             raise AuditVerificationError(
                 f"stale: the newest checkpoint is older than {self.max_age:g} s; "
@@ -349,9 +395,11 @@ class _Verifier:
             latest_size=latest.size,
             latest_time=latest.time,
             origin=self.origin,
-            complete=self.first_seq == 1 and self.pos >= latest.size,
+            complete=not self.partial and self.first_seq == 1 and self.pos >= latest.size,
             trusted_checked=t is not None,
             unsigned=self.pos - self.covered,
+            violations=tuple(self.violations),
+            violation_count=self.violation_count,
         )
 
 

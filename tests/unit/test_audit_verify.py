@@ -26,6 +26,7 @@ from filestore.audit import (
     sign_checkpoint,
     verify_export,
 )
+from filestore.audit._time import format_time
 from filestore.audit.checkpoint import Checkpoint
 from filestore.audit.export import json_line
 
@@ -340,7 +341,8 @@ def test_signed_checkpoint_with_a_wrong_root_is_named() -> None:
 
 def test_replayed_old_export_is_stale() -> None:
     lines = export(LOG, 1, 14, notes=LOG.notes[:2])
-    lines[0] = edited(lines[0], partial=False)
+    # Relabelled as a full export made when its newest checkpoint was signed.
+    lines[0] = edited(lines[0], partial=False, exported_at=format_time(T0 + 60 * 14 + 1))
     assert verify(lines, now=T0 + 60 * 14 + 60).latest_size == 14
     n = checkpoint_line(lines, 14)
     fails(lines, f"line {n}:", "stale", now=NOW + 3 * 3600)

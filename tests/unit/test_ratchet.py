@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 
 from filestore.clock import ManualClock
 from filestore.crypto.join import JoinRequest, answer_join
-from filestore.crypto.wrapping import DekBinding
 from filestore.crypto.ratchet import RatchetKeyring, RatchetState
+from filestore.crypto.wrapping import DekBinding
 from filestore.errors import ConfigError, IntegrityError, KeyNotFound
 
 PERIOD = 3600.0
