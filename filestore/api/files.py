@@ -16,11 +16,11 @@ from aiohttp import web
 
 from filestore import ids
 from filestore.api.context import principal, reader_tenant, services
+from filestore.api.params import parse_ttl, query_params
 from filestore.api.ranges import parse_range
 from filestore.api.streaming import send_stream
 from filestore.api.uploads import open_body, parse_options
 from filestore.clock import rfc3339
-from filestore.config import parse_duration
 from filestore.errors import BadRequest
 from filestore.lifecycle import FileInfo
 from filestore.metadata.base import DeleteReason, Role
@@ -161,15 +161,10 @@ async def create_link(request: web.Request) -> web.Response:
     who = await principal(request, Role.CLIENT)
     svc = services(request)
     file_id = ids.from_text(request.match_info["id"])
-    unknown = set(request.query) - {"ttl"}
-    if unknown:
-        raise BadRequest(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
+    query = query_params(request, ("ttl",))
     ttl = svc.settings.default_link_ttl
-    if "ttl" in request.query:
-        try:
-            ttl = parse_duration(request.query["ttl"])
-        except ValueError as exc:
-            raise BadRequest("ttl must be seconds, or a number with s, m or h") from exc
+    if "ttl" in query:
+        ttl = parse_ttl(query["ttl"])
         if ttl <= 0:
             raise BadRequest("ttl must be positive")
     info = await svc.lifecycle.stat(who.tenant, file_id)

@@ -18,8 +18,14 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import aiohttp
-from aiohttp import BodyPartReader, MultipartReader, web
-from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
+from aiohttp import BodyPartReader, HttpVersion11, MultipartReader, hdrs, web
+from aiohttp.http_exceptions import (
+    BadHttpMessage,
+    ContentEncodingError,
+    HttpProcessingError,
+    PayloadEncodingError,
+    TransferEncodingError,
+)
 from aiohttp.multipart import (
     BadContentDispositionHeader,
     BadContentDispositionParam,
@@ -28,20 +34,23 @@ from aiohttp.multipart import (
 )
 from aiohttp.web_protocol import RequestPayloadError
 
-from filestore.config import parse_duration
+from filestore.api.params import parse_ttl, query_params
 from filestore.errors import BadRequest, ClientGone, FilestoreError
 from filestore.lifecycle import UploadOptions
 
 T = TypeVar("T")
 
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+#: C0, DEL and C1 (U+0080-U+009F, NEL among them): Unicode's control characters.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _MIME_RE = re.compile(
     r"^[\w!#$&^.+-]+/[\w!#$&^.+-]+(\s*;\s*[\w!#$&^.+-]+=(\"[^\"]*\"|[\w!#$&^.+-]+))*$"
 )
 _HEX64_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 _DIGEST_RE = re.compile(r"(?:^|,)\s*sha-256=:([A-Za-z0-9+/=]+):", re.IGNORECASE)
 READ_SIZE = 256 * 1024
-#: Form fields a client may send after the file part (they are discarded).
+#: Form fields a client may send after the file part (they are discarded),
+#: and likewise before it: a form of thousands of tiny fields would keep the
+#: server parsing without storing anything.
 MAX_TRAILING_PARTS = 32
 
 
@@ -59,6 +68,8 @@ def _strict_disposition(parse: Callable[[], T]) -> T:
 
 
 def _part_filename(part: BodyPartReader) -> str | None:
+    if len(part.headers.getall(hdrs.CONTENT_DISPOSITION, [])) > 1:
+        raise BadRequest("a part has more than one Content-Disposition header")
     return _strict_disposition(lambda: part.filename)
 
 
@@ -119,17 +130,8 @@ def parse_options(request: web.Request) -> UploadOptions:
     """Upload options from the query string (``ttl``, ``filename``,
     ``max_downloads``) and the headers (``Content-Type``,
     ``Content-Disposition``, the checksum headers)."""
-    query = request.query
-    allowed = {"ttl", "filename", "max_downloads"}
-    unknown = set(query) - allowed
-    if unknown:
-        raise BadRequest(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
-    ttl: float | None = None
-    if "ttl" in query:
-        try:
-            ttl = parse_duration(query["ttl"])
-        except ValueError as exc:
-            raise BadRequest("ttl must be seconds, or a number with s, m or h") from exc
+    query = query_params(request, ("ttl", "filename", "max_downloads"))
+    ttl = parse_ttl(query["ttl"]) if "ttl" in query else None
     max_downloads: int | None = None
     if "max_downloads" in query:
         raw = query["max_downloads"]
@@ -137,6 +139,8 @@ def parse_options(request: web.Request) -> UploadOptions:
             raise BadRequest("max_downloads must be a positive whole number")
         max_downloads = int(raw)
     filename = query.get("filename")
+    if len(request.headers.getall(hdrs.CONTENT_DISPOSITION, [])) > 1:
+        raise BadRequest("send at most one Content-Disposition header")
     if filename is None and "Content-Disposition" in request.headers:
         header = request.headers["Content-Disposition"]
         _kind, params = _strict_disposition(lambda: parse_content_disposition(header))
@@ -175,6 +179,12 @@ def _body_error(exc: BaseException) -> FilestoreError:
     while cause is not None:
         if isinstance(cause, ContentEncodingError):
             return BadRequest("the body's Content-Encoding could not be decoded")
+        if isinstance(cause, TransferEncodingError):
+            return BadRequest("the body's chunked framing is malformed")
+        if isinstance(cause, BadHttpMessage) and not isinstance(cause, PayloadEncodingError):
+            # The HTTP layer only parses a part's headers; a bad one is the
+            # client's form, not a lost connection.
+            return BadRequest("a part's headers are malformed")
         cause = cause.__cause__
     return ClientGone("the connection was lost before the body was complete")
 
@@ -233,11 +243,13 @@ async def _read_to_closing_boundary(reader: MultipartReader, idle_timeout: float
     a bounded number of further parts, discarded — and must close cleanly,
     before the upload is committed."""
     try:
-        for _ in range(MAX_TRAILING_PARTS):
+        # One more read than fields allowed: the last sees the closing boundary.
+        for _ in range(MAX_TRAILING_PARTS + 1):
             async with asyncio.timeout(idle_timeout):
                 extra = await reader.next()
                 if extra is None:
                     break
+                _refuse_second_file(extra)
                 await extra.release()
         else:
             raise BadRequest(f"the form has more than {MAX_TRAILING_PARTS} parts after the file")
@@ -249,23 +261,57 @@ async def _read_to_closing_boundary(reader: MultipartReader, idle_timeout: float
         raise BadRequest("the multipart body ended before its closing boundary")
 
 
+_NESTED = "nested multipart parts are not accepted: send one file part"
+
+
+def _refuse_second_file(part: MultipartReader | BodyPartReader) -> None:
+    """A form carries one file. A second file part, or a nested multipart
+    (which holds files of its own), would otherwise be dropped unseen while
+    the client believes it was stored."""
+    if isinstance(part, MultipartReader):
+        raise BadRequest(_NESTED)
+    if _part_filename(part) is not None:
+        raise BadRequest("the form has more than one file part")
+
+
+def _check_framing(request: web.Request) -> None:
+    """Only ``chunked`` is decoded. aiohttp passes any other transfer coding
+    (``gzip, chunked``) through undecoded, which would store the coded bytes
+    as the file; and HTTP/1.0 has no Transfer-Encoding at all (RFC 9112
+    §6.1: such framing is faulty)."""
+    coding = request.headers.get(hdrs.TRANSFER_ENCODING)
+    if coding is None:
+        return
+    if request.version < HttpVersion11:
+        raise BadRequest("Transfer-Encoding is not allowed in an HTTP/1.0 request")
+    if coding.strip().lower() != "chunked":
+        raise BadRequest("the only Transfer-Encoding accepted is chunked")
+
+
 async def open_body(request: web.Request, idle_timeout: float) -> Body:
     """The file's bytes: the raw body, or the first file part of a form."""
+    _check_framing(request)
     if request.content_type != "multipart/form-data":
         return Body(_raw_chunks(request, idle_timeout))
     try:
         async with asyncio.timeout(idle_timeout):
             reader = await request.multipart()
-            while True:
+            for _ in range(MAX_TRAILING_PARTS + 1):
                 part = await reader.next()
                 if part is None:
                     raise BadRequest("the form has no file part")
-                if isinstance(part, BodyPartReader) and _part_filename(part) is not None:
+                if isinstance(part, MultipartReader):
+                    raise BadRequest(_NESTED)
+                if _part_filename(part) is not None:
                     break
                 # A non-file field before the file: drain it, bounded.
                 await part.release()
-    except TimeoutError as exc:
-        raise ClientGone("the client stopped sending the body") from exc
+            else:
+                raise BadRequest(
+                    f"the form has more than {MAX_TRAILING_PARTS} parts before the file"
+                )
+    except _READ_ERRORS as exc:
+        raise _body_error(exc) from exc
     except (BadContentDispositionHeader, BadContentDispositionParam) as exc:
         # Raised only where warnings are errors; elsewhere aiohttp just warns
         # and _part_filename() refuses the header instead.
