@@ -70,6 +70,7 @@ class MetricsSnapshot:
     orphans_total: int
     sweep_failures_total: int
     keks_held_back: int
+    keks_forced_total: int
     max_overdue_24h: float
     version: str = field(default=__version__)
 
@@ -109,6 +110,7 @@ class MetricsSnapshot:
             orphans_total=status.orphans_total,
             sweep_failures_total=status.sweep_failed_total,
             keks_held_back=len(status.kek_held_back),
+            keks_forced_total=status.kek_forced_total,
             max_overdue_24h=status.max_overdue_24h(now),
         )
 
@@ -252,8 +254,15 @@ def families(snap: MetricsSnapshot) -> Iterator[Metric]:
     )
     yield _gauge(
         "filestore_kek_destruction_held_back",
-        "KEKs due for destruction that still wrap a live key.",
+        "KEKs destroyed at their deadline whose settlement (audit record, hand-over "
+        "of files still wrapped under them) waits for the database.",
         snap.keks_held_back,
+    )
+    yield _counter(
+        "filestore_kek_forced_destructions_total",
+        "KEKs this process destroyed at their deadline while files they wrapped "
+        "remained (those files were kept past their expiry).",
+        snap.keks_forced_total,
     )
     yield _gauge(
         "filestore_purge_max_overdue_seconds_24h",

@@ -56,6 +56,9 @@ class PurgeStatus:
     sweep_failed_total: int = 0
     #: KEKs due for destruction but still wrapping a live key.
     kek_held_back: list[int] = field(default_factory=list)
+    #: KEKs this process destroyed at their deadline while files they
+    #: wrapped remained (those files outlived their expiry: investigate).
+    kek_forced_total: int = 0
     last_error: str | None = None
     #: Passes after which erased key bytes could not be dropped from the
     #: database's files, and what stopped the last one (``wal_busy``).
@@ -134,6 +137,7 @@ class PurgeScheduler:
         async def keys() -> None:
             found = await manage_keys(svc.keyring, svc.metadata, eraser, settings)
             status.kek_held_back = found.held_back
+            status.kek_forced_total += len(found.forced)
 
         async def checkpoint() -> None:
             size, _note = await write_checkpoint(
@@ -211,6 +215,7 @@ class PurgeScheduler:
                 svc.keyring, svc.metadata, svc.lifecycle.eraser, svc.settings
             )
             self.status.kek_held_back = found.held_back
+            self.status.kek_forced_total += len(found.forced)
         except SplitBrain as exc:
             svc.lifecycle.uploads.halted = "its KEKs are not the cluster's"
             log.critical("%s; uploads refused until this is fixed", exc)
