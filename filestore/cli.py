@@ -21,7 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from filestore import __version__, audit_cli
+from filestore import __version__, audit_cli, logs
 from filestore.api.access_log import AccessLogger
 from filestore.api.app import create_app
 from filestore.api.connections import GuardedSite
@@ -94,16 +94,10 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.load(config_file=args.config, **overrides)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # APScheduler logs every run at INFO, Alembic its context at each start;
-    # the pass and `filestore db` say what matters themselves.
-    for noisy in ("apscheduler", "alembic"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+def _setup_logging(level: str, log_format: str = "text") -> None:
+    # Text for a terminal, or one JSON object per line (filestore.logs);
+    # APScheduler and Alembic are kept to warnings.
+    logs.configure(level, log_format, sys.stderr)
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -248,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "audit":
             return audit_cli.run(args, Settings)
         settings = _settings(args)
-        _setup_logging(settings.log_level)
+        _setup_logging(settings.log_level, settings.log_format)
         if args.command == "serve":
             with contextlib.suppress(KeyboardInterrupt):
                 asyncio.run(_serve(settings, not args.no_scheduler))

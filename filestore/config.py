@@ -86,6 +86,13 @@ def _parse_level(text: str) -> str:
     return level
 
 
+def _parse_log_format(text: str) -> str:
+    value = str(text).strip().lower()
+    if value not in ("text", "json"):
+        raise ValueError("expected text or json")
+    return value
+
+
 def _parse_database_url(text: str) -> str:
     url = str(text).strip()
     if url and not url.startswith(_DATABASE_SCHEMES):
@@ -194,6 +201,9 @@ class Settings:
     #: Checkpoint origin line: names this deployment's audit log.
     audit_origin: str = "filestore.audit/default"
     log_level: str = "INFO"
+    #: "text" (one readable line per record, for a terminal) or "json" (one
+    #: JSON object per line, with the access log's fields as keys).
+    log_format: str = "text"
     #: A client that sends no body bytes for this long is cut off (408).
     read_timeout: float = 60.0
     #: A client must send a whole request head (request line and headers)
@@ -421,6 +431,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "purge_batch_size": lambda v: _positive(int(v)),
     "audit_origin": str,
     "log_level": _parse_level,
+    "log_format": _parse_log_format,
     "read_timeout": parse_duration,
     "header_timeout": parse_duration,
     "keepalive_timeout": parse_duration,

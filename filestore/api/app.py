@@ -10,6 +10,7 @@ from filestore.api import audit, cluster, files, health, ops
 from filestore.api.context import METRICS, SCHEDULER, SERVICES
 from filestore.api.expect import expect_handler
 from filestore.api.middleware import errors_middleware
+from filestore.api.request_info import stamp_request_id
 from filestore.clock import Clock
 from filestore.config import Settings
 from filestore.metrics import MetricsExposition
@@ -32,6 +33,8 @@ def create_app(
     # and cut at settings.max_file_size by the lifecycle itself.
     app = web.Application(middlewares=[errors_middleware], client_max_size=1 << 20)
     app[METRICS] = MetricsExposition()
+    # Every answer names its request id, streamed ones too.
+    app.on_response_prepare.append(stamp_request_id)
     if services is not None:
         app[SERVICES] = services
         app[SCHEDULER] = scheduler or PurgeScheduler(services)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from filestore.api.request_info import note_tenant
 from filestore.auth import Principal, authenticate
 from filestore.errors import NotFound
 from filestore.metadata.base import Role
@@ -33,11 +34,13 @@ async def reader_tenant(request: web.Request, file_id: bytes) -> str:
         raise NotFound("no such file")
     tenant = loaded[0].tenant
     svc.links.verify(file_id, tenant, query.get("expires", ""), query["signature"], svc.clock.now())
+    note_tenant(request, tenant)
     return tenant
 
 
 async def principal(request: web.Request, *roles: Role) -> Principal:
     """Authenticate the caller (401) and check its role (403)."""
     who = await authenticate(services(request).metadata, request.headers.get("Authorization"))
+    note_tenant(request, who.tenant)
     who.require(*roles)
     return who

@@ -1,5 +1,8 @@
 """Cross-cutting HTTP behaviour: request ids, error answers, safe headers.
 
+The request id is the caller's ``X-Request-Id`` when it is sane, else a new
+one (``filestore.api.request_info``); every answer carries it.
+
 Every error leaves as problem+json. Domain errors map through
 ``problems.TABLE``; aiohttp's own HTTP errors keep their status; anything else
 is a 500 that names only the request id, with the traceback in the log.
@@ -8,12 +11,12 @@ is a 500 that names only the request id, with the traceback in the log.
 from __future__ import annotations
 
 import logging
-import secrets
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from filestore.api.problems import HTTP_SLUGS, error_response, problem_response
+from filestore.api.request_info import assign_request_id, route_template
 from filestore.errors import FilestoreError
 
 log = logging.getLogger("filestore.api")
@@ -21,7 +24,7 @@ log = logging.getLogger("filestore.api")
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = secrets.token_hex(8)
+    request_id = assign_request_id(request)
     try:
         response = await handler(request)
     except FilestoreError as exc:
@@ -33,9 +36,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
                 "request %s %s %s failed: %s",
                 request_id,
                 request.method,
-                request.path,
+                route_template(request) or "-",
                 type(exc).__name__,
                 exc_info=exc.__cause__ is not None and response.status != 503,
+                extra={"request_id": request_id},
             )
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -51,7 +55,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             headers=headers,
         )
     except Exception:
-        log.exception("request %s %s %s failed", request_id, request.method, request.path)
+        log.exception(
+            "request %s %s %s failed",
+            request_id,
+            request.method,
+            route_template(request) or "-",
+            extra={"request_id": request_id},
+        )
         response = problem_response(
             500,
             "internal",
