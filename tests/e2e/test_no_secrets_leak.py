@@ -586,6 +586,7 @@ async def _drive_process(
     for header in (f"Token {client}", f"Basic {basic}", client):
         await http("GET", f"/v1/files/{id_a}", 401, headers={"Authorization": header})
     await http("GET", f"/v1/files/{id_a}", 401, headers={"X-Api-Key": client})
+    await http("GET", f"/v1/files/{id_a}", 404, token=stranger, headers={"X-Request-Id": client})
     await http("GET", f"/v1/files/{id_a}", 401, params={"access_token": client})
     await http("POST", "/v1/files", 401, params={"api_key": client}, data=mark_x)
     await http("GET", "/v1/purge/status", 401, params={"token": operator})
