@@ -15,6 +15,7 @@ from aiohttp import web
 
 from filestore import auditlog, ids
 from filestore.api.context import principal, services
+from filestore.api.params import query_params
 from filestore.api.streaming import send_stream
 from filestore.audit import verifier_key_string
 from filestore.clock import parse_time
@@ -39,10 +40,7 @@ def _time(name: str, value: str | None) -> float | None:
 async def deletions(request: web.Request) -> web.StreamResponse:
     await principal(request, Role.AUDITOR)
     svc = services(request)
-    query = request.query
-    unknown = set(query) - {"format", "since", "until", "consistency_from"}
-    if unknown:
-        raise BadRequest(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
+    query = query_params(request, ("format", "since", "until", "consistency_from"))
     fmt = query.get("format", "jsonl")
     since, until = _time("since", query.get("since")), _time("until", query.get("until"))
     consistency_from = None

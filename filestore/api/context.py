@@ -6,7 +6,7 @@ from aiohttp import web
 
 from filestore.api.request_info import note_tenant
 from filestore.auth import Principal, authenticate
-from filestore.errors import NotFound
+from filestore.errors import AuthError, NotFound
 from filestore.metadata.base import Role
 from filestore.metrics import MetricsExposition
 from filestore.services import Services
@@ -39,7 +39,11 @@ async def reader_tenant(request: web.Request, file_id: bytes) -> str:
 
 
 async def principal(request: web.Request, *roles: Role) -> Principal:
-    """Authenticate the caller (401) and check its role (403)."""
+    """Authenticate the caller (401) and check its role (403). Several
+    Authorization headers are refused rather than the first believed: which
+    one a proxy on the way added, or kept, is anyone's guess."""
+    if len(request.headers.getall("Authorization", [])) > 1:
+        raise AuthError("send one Authorization header, not several")
     who = await authenticate(services(request).metadata, request.headers.get("Authorization"))
     note_tenant(request, who.tenant)
     who.require(*roles)

@@ -8,6 +8,7 @@ facade drives them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import urllib.parse
 from email.utils import formatdate
@@ -21,9 +22,10 @@ from filestore.api.ranges import parse_range
 from filestore.api.streaming import send_stream
 from filestore.api.uploads import open_body, parse_options
 from filestore.clock import rfc3339
-from filestore.errors import BadRequest
-from filestore.lifecycle import FileInfo
+from filestore.errors import BadRequest, FilestoreError
+from filestore.lifecycle import FileInfo, OpenFile
 from filestore.metadata.base import DeleteReason, Role
+from filestore.services import Services
 
 log = logging.getLogger("filestore.api")
 routes = web.RouteTableDef()
@@ -116,6 +118,23 @@ async def download(request: web.Request) -> web.StreamResponse:
     if info.max_downloads is not None:
         # Only limited files pay for a counted (durable) download.
         downloads = await svc.lifecycle.record_download(file_id)
+    used_up = (
+        downloads is not None and info.max_downloads is not None and downloads >= info.max_downloads
+    )
+    try:
+        return await _send_file(request, svc, opened, wanted)
+    finally:
+        if used_up:
+            await _delete_used_up(svc, file_id)
+
+
+async def _send_file(
+    request: web.Request,
+    svc: Services,
+    opened: OpenFile,
+    wanted: tuple[int, int] | None,
+) -> web.StreamResponse:
+    info = opened.info
     headers = _file_headers(info)
     if wanted is None:
         first, last, status = 0, info.size - 1, 200
@@ -140,9 +159,28 @@ async def download(request: web.Request) -> web.StreamResponse:
         idle_timeout=svc.settings.read_timeout,
         deadline=deadline,
     )
-    if downloads is not None and info.max_downloads is not None and downloads >= info.max_downloads:
-        await svc.lifecycle.secure_delete(file_id, DeleteReason.MAX_DOWNLOADS)
     return response
+
+
+async def _delete_used_up(svc: Services, file_id: bytes) -> None:
+    """Delete a file whose last allowed download was counted, however that
+    download ended: sent in full, cut by the client, or stopped by an error.
+    Counting made the file unreadable, so keeping it would only leave it
+    stored until expiry. A handler whose client goes away is cancelled, so
+    this runs from a ``finally`` and is shielded, to finish once begun.
+
+    A failure is logged, not answered: the body (or the client) is gone. A
+    step that failed after the lease was held back by the eraser, and the
+    purge finishes the file after the backoff; if even the lease could not
+    be taken (database down), the file stays unreadable until it expires."""
+    try:
+        await asyncio.shield(svc.lifecycle.secure_delete(file_id, DeleteReason.MAX_DOWNLOADS))
+    except FilestoreError as exc:
+        log.warning(
+            "could not yet delete %s after its last download (%s); the purge retries",
+            ids.to_text(file_id),
+            type(exc).__name__,
+        )
 
 
 @routes.delete("/v1/files/{id}")

@@ -3,6 +3,8 @@
 Only one range per request is served. A header that is not a single
 well-formed ``bytes=`` range is ignored (the whole file is sent, as RFC 9110
 allows); a well-formed range that lies outside the file is refused with 416.
+A position of more than 19 digits (past any file) also makes the header
+ignored rather than parsed: a 200 of the whole file, never a 5xx.
 """
 
 from __future__ import annotations

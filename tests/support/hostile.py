@@ -148,10 +148,17 @@ def check_problem(
     return doc
 
 
+#: Where to connect: a gateway's test server, or a (host, port).
+Peer = Gateway | tuple[str, int]
+
+
 @contextlib.asynccontextmanager
-async def connection(gw: Gateway) -> Any:
-    server = gw.client.server
-    reader, writer = await asyncio.open_connection(server.host, server.port)
+async def connection(to: Peer) -> Any:
+    if isinstance(to, Gateway):
+        host, port = to.client.server.host, to.client.server.port
+    else:
+        host, port = to
+    reader, writer = await asyncio.open_connection(host, port)
     try:
         yield reader, writer
     finally:
@@ -193,12 +200,12 @@ async def read_answer(reader: asyncio.StreamReader, *, head: bool = False) -> An
 
 
 async def exchange(
-    gw: Gateway, raw: bytes, *, half_close: bool = False, head: bool = False
+    to: Peer, raw: bytes, *, half_close: bool = False, head: bool = False
 ) -> Answer | None:
     """Send ``raw`` as it is on a new connection and read one answer (None if
     the server closed the connection without one). ``half_close`` shuts the
     sending side after the bytes, as a client that has nothing more to say."""
-    async with connection(gw) as (reader, writer):
+    async with connection(to) as (reader, writer):
         writer.write(raw)
         await writer.drain()
         if half_close:
