@@ -326,11 +326,10 @@ class AsyncClient:
         idempotent: bool,
         replayable: bool = False,
         expect100: bool = False,
-        accept_on_retry: frozenset[int] = frozenset(),
+        accept: frozenset[int] = frozenset(),
     ) -> aiohttp.ClientResponse:
         """One call, retried as the policy allows; an answer of 400 or more
-        becomes its :class:`ClientError` (statuses in ``accept_on_retry``
-        are returned instead when an earlier try may have done the work).
+        becomes its :class:`ClientError` unless its status is in ``accept``.
         ``what`` names the call in messages: it never holds a query string,
         so a link's signature stays out of logs and errors."""
         session = self._get_session()
@@ -375,7 +374,7 @@ class AsyncClient:
                 response.release()
                 await self._wait(attempt, retry_after, what, "503 Service unavailable")
                 continue
-            if response.status >= 400 and not (attempt > 1 and response.status in accept_on_retry):
+            if response.status >= 400 and response.status not in accept:
                 try:
                     raise await self._error(response, method, what)
                 finally:
@@ -668,18 +667,25 @@ class AsyncClient:
 
     async def delete(self, file_id: str) -> Deletion:
         """Delete the file now: its key is erased, its blob removed.
-        Retried like any DELETE; a 410 on a retry means an earlier try did
-        it (or the file expired meanwhile), and is success."""
+
+        Idempotent, and retried like any DELETE: a file that is already gone
+        (410: deleted before, perhaps by an earlier try whose answer was
+        lost, or expired) is a deletion done, with ``already_gone`` set. An
+        unknown id is still NotFoundError."""
         url, file_id, _ = self._file_url(file_id)
         response = await self._send(
             "DELETE",
             url,
             what=f"the deletion of {file_id}",
             idempotent=True,
-            accept_on_retry=frozenset({410}),
+            accept=frozenset({410}),
         )
         response.release()
-        return Deletion(id=file_id, completed=response.status != 202)
+        return Deletion(
+            id=file_id,
+            completed=response.status != 202,
+            already_gone=response.status == 410,
+        )
 
     async def link(self, file_id: str, *, ttl: Ttl | None = None) -> SignedLink:
         """A signed download URL, valid for ``ttl`` (the server's default

@@ -445,7 +445,9 @@ async def _delete(fs: AsyncClient, args: argparse.Namespace, out: Output) -> Non
     for file_id in args.ids:
         result = await fs.delete(file_id)
         done.append(result.to_json())
-        if result.completed:
+        if result.already_gone:
+            out.say(f"{file_id} was already gone (deleted or expired)")
+        elif result.completed:
             out.say(f"deleted {file_id}")
         else:
             out.say(f"{file_id}: another worker is deleting it; it finishes shortly")

@@ -93,13 +93,15 @@ class SignedLink:
 @dataclass(frozen=True)
 class Deletion:
     """``completed`` is False when another worker already holds the
-    deletion (202); it finishes it."""
+    deletion (202); it finishes it. ``already_gone``: the file was deleted
+    before (or expired), so there was nothing left to do."""
 
     id: str
     completed: bool
+    already_gone: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "completed": self.completed}
+        return {"id": self.id, "completed": self.completed, "already_gone": self.already_gone}
 
 
 @dataclass(frozen=True)

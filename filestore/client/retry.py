@@ -6,6 +6,10 @@ on 503 and on a connection that could not be made or was lost. An upload is
 sent again only when nothing of it can have reached the server — the
 connection itself could not be made — and its body can be replayed (bytes or
 a file, never an iterator).
+
+Beneath this, aiohttp itself re-sends an idempotent request once, at once,
+when its connection was closed under it (never a POST); so a call makes at
+most ``2 * attempts`` requests, and waits ``attempts - 1`` times.
 """
 
 from __future__ import annotations
