@@ -14,6 +14,7 @@ import urllib.parse
 from email.utils import formatdate
 
 from aiohttp import web
+from yarl import URL
 
 from filestore import ids
 from filestore.api.context import principal, reader_tenant, services
@@ -31,6 +32,19 @@ log = logging.getLogger("filestore.api")
 routes = web.RouteTableDef()
 
 
+def _public_url(request: web.Request, path: str) -> URL:
+    """``path`` on this service as the client reached it. Behind a proxy that
+    terminated TLS (``X-Forwarded-Proto: https``) that is https: a signed
+    link handed out as ``http://`` would send its signature, and then the
+    file, in the clear. The header can only upgrade the scheme, never
+    downgrade it, so a client that forges it changes nothing but its own
+    answer."""
+    url = request.url.with_path(path).with_query(None)
+    if url.scheme == "http" and request.headers.get("X-Forwarded-Proto", "").lower() == "https":
+        url = url.with_scheme("https")
+    return url
+
+
 def _file_json(request: web.Request, info: FileInfo) -> dict[str, object]:
     path = f"/v1/files/{info.id_text}"
     return {
@@ -42,7 +56,7 @@ def _file_json(request: web.Request, info: FileInfo) -> dict[str, object]:
         "filename": info.filename,
         "content_type": info.content_type,
         "max_downloads": info.max_downloads,
-        "url": str(request.url.with_path(path).with_query(None)),
+        "url": str(_public_url(request, path)),
     }
 
 
@@ -208,7 +222,7 @@ async def create_link(request: web.Request) -> web.Response:
     info = await svc.lifecycle.stat(who.tenant, file_id)
     expires = int(min(svc.clock.now() + ttl, info.expires_at))
     signature = svc.links.sign(file_id, who.tenant, expires)
-    url = request.url.with_path(f"/v1/files/{info.id_text}").with_query(
+    url = _public_url(request, f"/v1/files/{info.id_text}").with_query(
         {"expires": str(expires), "signature": signature}
     )
     return web.json_response(

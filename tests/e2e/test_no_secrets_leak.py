@@ -769,6 +769,31 @@ async def test_expiry_purge_and_kek_destruction_leak_nothing(
     scan.check()
 
 
+async def test_links_handed_out_behind_a_tls_proxy_say_https(
+    timed_gateway: tuple[TestClient[Any, Any], Any, ManualClock],
+) -> None:
+    """A link is a credential: behind a proxy that terminated TLS, the URLs
+    the service hands out must not send it (and then the file) in the clear.
+    The forwarded scheme can upgrade them, never downgrade."""
+    client, svc, clock = timed_gateway
+    token, _ = await create_key(svc.metadata, Role.CLIENT, "acme", clock.now())
+    auth = {"Authorization": f"Bearer {token}", "Host": "files.example"}
+    for forwarded, scheme in (
+        ("https", "https"),
+        ("HTTPS", "https"),
+        ("http", "http"),
+        (None, "http"),
+    ):
+        headers = auth if forwarded is None else {**auth, "X-Forwarded-Proto": forwarded}
+        resp = await client.post("/v1/files", data=b"x", headers=headers)
+        assert resp.status == 201
+        info = await resp.json()
+        assert info["url"] == f"{scheme}://files.example/v1/files/{info['id']}"
+        resp = await client.post(f"/v1/files/{info['id']}/links", headers=headers)
+        assert resp.status == 201
+        assert (await resp.json())["url"].startswith(f"{scheme}://files.example/v1/files/")
+
+
 # ------------------------------------------------------------ the proxy
 #: nginx variables that carry a query string or a credential.
 LEAKY_NGINX_VARIABLES = frozenset(
