@@ -21,7 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from filestore import __version__, audit_cli, logs
+from filestore import __version__, audit_cli, logs, status_link
 from filestore.api.access_log import AccessLogger
 from filestore.api.app import create_app
 from filestore.api.connections import GuardedSite
@@ -65,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("purge", help="run one purge pass and exit (for cron)")
     sub.add_parser("scheduler", help="run the purge scheduler without the HTTP API")
+    status_link.add_parser(sub)
 
     audit_cli.add_parser(sub)
 
@@ -255,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_keys(settings, args))
         elif args.command == "db":
             return asyncio.run(_db(settings, args))
+        elif args.command == status_link.COMMAND:
+            asyncio.run(status_link.run(settings, args))
     except ConfigError as exc:
         print(f"filestore: {exc}", file=sys.stderr)
         return 2

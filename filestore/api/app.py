@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from filestore.api import audit, cluster, files, health, ops
+from filestore.api import audit, cluster, files, health, ops, status_page
 from filestore.api.context import METRICS, SCHEDULER, SERVICES
 from filestore.api.expect import expect_handler
 from filestore.api.middleware import errors_middleware
@@ -35,6 +35,7 @@ def create_app(
     app[METRICS] = MetricsExposition()
     # Every answer names its request id, streamed ones too.
     app.on_response_prepare.append(stamp_request_id)
+    status_page.install(app)
     if services is not None:
         app[SERVICES] = services
         app[SCHEDULER] = scheduler or PurgeScheduler(services)
@@ -50,7 +51,14 @@ def create_app(
     # Every route answers Expect itself (see filestore.api.expect).
     app.add_routes(
         web.RouteDef(r.method, r.path, r.handler, {**r.kwargs, "expect_handler": expect_handler})
-        for table in (files.routes, health.routes, ops.routes, audit.routes, cluster.routes)
+        for table in (
+            files.routes,
+            health.routes,
+            ops.routes,
+            audit.routes,
+            cluster.routes,
+            status_page.routes,
+        )
         for r in table
         if isinstance(r, web.RouteDef)
     )

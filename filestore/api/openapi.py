@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from filestore import __version__
+from filestore.sessions import LINK_TOKEN_PATTERN
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
 _ID_PARAM = {
@@ -365,5 +366,113 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": {"description": "OpenAPI 3.1 document."}},
                 }
             },
+            **_status_page_paths(),
+        },
+    }
+
+
+def _status_page_paths() -> dict[str, Any]:
+    """The operator status page (``filestore.api.status_page``): HTML for a
+    browser, signed in by a session cookie, not by a bearer key."""
+    html = {"text/html": {"schema": {"type": "string"}}}
+    see_other = {
+        "description": "See Other: on to the page or back to the sign-in form.",
+        "headers": {"Location": {"schema": {"type": "string"}, "required": True}},
+    }
+    form = {
+        "schema": {
+            "type": "object",
+            "required": ["api_key"],
+            "properties": {"api_key": {"type": "string", "minLength": 1}},
+        }
+    }
+    return {
+        "/status": {
+            "get": {
+                "operationId": "statusPage",
+                "summary": "The operator status page (HTML): purge state, backlog, charts, "
+                "passes, failures, dependencies, KEK epochs. Needs the session cookie "
+                "filestore_status (from the sign-in form or a link); else 303 to the form.",
+                "security": [],
+                "responses": {
+                    "200": {"description": "The page.", "content": html},
+                    "303": see_other,
+                    "503": _PROBLEM,
+                },
+            }
+        },
+        "/status/login": {
+            "get": {
+                "operationId": "statusLoginForm",
+                "summary": "The status page's sign-in form (HTML).",
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "note",
+                        "in": "query",
+                        "description": "Why the form is shown again.",
+                        "schema": {
+                            "type": "string",
+                            "enum": ["refused", "expired", "link", "signed-out"],
+                        },
+                    }
+                ],
+                "responses": {
+                    "200": {"description": "The form.", "content": html},
+                    "303": see_other,
+                    "400": _PROBLEM,
+                    "503": _PROBLEM,
+                },
+            },
+            "post": {
+                "operationId": "statusLogin",
+                "summary": "Sign in with an operator API key (form field api_key): sets the "
+                "session cookie (HttpOnly, SameSite=Strict, at most 12 h) and 303 to /status; "
+                "a refused key gets 303 back to the form. 403 for a form posted from "
+                "another site (Origin, Sec-Fetch-Site).",
+                "security": [],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/x-www-form-urlencoded": form},
+                },
+                "responses": {
+                    "303": see_other,
+                    "400": _PROBLEM,
+                    "403": _PROBLEM,
+                    "413": _PROBLEM,
+                    "503": _PROBLEM,
+                },
+            },
+        },
+        "/status/logout": {
+            "post": {
+                "operationId": "statusLogout",
+                "summary": "Sign out: clears the session cookie; 303 to the form.",
+                "security": [],
+                "responses": {"303": see_other, "403": _PROBLEM},
+            }
+        },
+        "/status/link": {
+            "get": {
+                "operationId": "statusLink",
+                "summary": "Open a one-time sign-in link from `filestore status-link`: sets "
+                "the session cookie and moves on to /status (HTML refresh); an expired, "
+                "used or altered link gets 303 to the form.",
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "token",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": f"^{LINK_TOKEN_PATTERN}$"},
+                    }
+                ],
+                "responses": {
+                    "200": {"description": "Signed in; on to /status.", "content": html},
+                    "303": see_other,
+                    "400": _PROBLEM,
+                    "503": _PROBLEM,
+                },
+            }
         },
     }

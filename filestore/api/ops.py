@@ -75,6 +75,13 @@ def _instance(item: InstanceStatus, now: float) -> dict[str, Any]:
 @routes.get("/v1/purge/status")
 async def purge_status(request: web.Request) -> web.Response:
     await principal(request, Role.OPERATOR)
+    body = await status_document(request)
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+async def status_document(request: web.Request) -> dict[str, Any]:
+    """The purge status, as ``/v1/purge/status`` answers it (the operator
+    status page shows the same figures); the caller checks access."""
     svc = services(request)
     status = request.app[SCHEDULER].status
     now = svc.clock.now()
@@ -122,7 +129,7 @@ async def purge_status(request: web.Request) -> web.Response:
         "last_checkpoint_size": status.last_checkpoint_size,
         "health": await check_dependencies(services(request)),
     }
-    return web.json_response(body, headers={"Cache-Control": "no-store"})
+    return body
 
 
 @routes.post("/v1/purge/run")

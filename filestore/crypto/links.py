@@ -7,6 +7,11 @@ the encryption or audit keys, so leaking it exposes only what links expose.
 A link grants reading one file until the earlier of its own expiry and the
 file's; deleting the file kills every link to it. There is no per-link
 revocation: rotate the link key to revoke them all.
+
+The same secret also keys the operator status page's sessions and sign-in
+links, through a sub-key derived for that purpose only (:meth:`LinkSigner.subkey`):
+every instance already shares it, and a tag made for one purpose is never
+valid for another. Rotating the link key also ends every status session.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from filestore.errors import ConfigError, NotFound
 
 KEY_SIZE = 32
 _DOMAIN = b"filestore/v1/download-link\x00"
+_SUBKEY = b"filestore/v1/link-key-subkey\x00"
 
 
 class LinkSigner:
@@ -38,6 +44,12 @@ class LinkSigner:
 
     def __repr__(self) -> str:
         return "LinkSigner(<secret>)"
+
+    def subkey(self, purpose: bytes) -> bytes:
+        """A 32-byte key for ``purpose`` (e.g. ``b"status-session"``),
+        HMAC-SHA256 of the label under this secret: independent of the link
+        tags and of every other purpose's key."""
+        return hmac.new(self._key, _SUBKEY + purpose, hashlib.sha256).digest()
 
     def _tag(self, file_id: bytes, tenant: str, expires: int) -> bytes:
         message = _DOMAIN + file_id + b"\x00" + tenant.encode() + b"\x00" + str(expires).encode()
