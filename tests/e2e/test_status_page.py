@@ -3,8 +3,9 @@
 loopback port, on SQLite and on PostgreSQL.
 
 The gateway's clock is a manual one started at the real time (a sign-in
-link from ``filestore status-link``, a real process on the real clock, must
-be valid on it), and moved forward instead of waiting. The browser signs in
+link from ``filestore status-link``, made on the real clock, must be valid on
+it), and moved forward instead of waiting. The command runs as a real
+process once (SQLite); the browser test runs its code in-process. The browser signs in
 through the form, reads the page and compares its figures with
 ``/v1/purge/status`` fetched with the same operator key, measures the
 charts, and is refused with a client key, a tampered or expired cookie and a
@@ -18,7 +19,10 @@ cookie attributes, the link's refusals, headers) run regardless.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import importlib.util
+import io
 import os
 import shutil
 import subprocess
@@ -30,8 +34,11 @@ from typing import Any
 
 import pytest
 
+from filestore import status_link
 from filestore.api.status_page import COOKIE
 from filestore.clock import ManualClock
+from filestore.config import Settings
+from filestore.errors import ConfigError
 from filestore.metadata.base import InstanceStatus, Role
 from filestore.sessions import SESSION_TTL, SessionSigner
 from tests.support.db import MetadataBackend
@@ -76,6 +83,21 @@ async def _status_json(gw: Gateway) -> dict[str, Any]:
     assert resp.status == 200
     body: dict[str, Any] = await resp.json()
     return body
+
+
+async def _make_link(gw: Gateway, base: str) -> str:
+    """What ``filestore status-link --ttl 60m --base-url BASE`` prints last."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        await status_link.run(
+            gw.settings, argparse.Namespace(ttl="60m", key_id=None, base_url=base)
+        )
+    return out.getvalue().strip().splitlines()[-1]
+
+
+def link_key_id(link: str) -> str:
+    """The operator key id a sign-in link names (``l1.<key id>.…``)."""
+    return link.split("token=", 1)[1].split(".")[1]
 
 
 def _status_link(gw: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
@@ -219,7 +241,27 @@ async def test_status_page_in_chromium(gw: Gateway, metadata_backend: MetadataBa
             await page.goto(f"{base}/status")
             assert page.url == f"{base}/status/login"
 
+            # A sign-in link from `filestore status-link` (its code, run here
+            # on this gateway's settings): it signs in, leaves the address
+            # bar, works once, and dies with its key.
+            link = await _make_link(gw, base)
+            other = await browser.new_context()
+            other.set_default_timeout(15_000)
+            linked = await other.new_page()
+            await linked.goto(link)
+            await linked.wait_for_url(f"{base}/status")
+            assert await linked.locator("#backlog").count() == 1
+            again = await (await browser.new_context()).new_page()
+            await again.goto(link)
+            assert again.url == f"{base}/status/login?note=link"
+            linked_key = link_key_id(link)
+            assert await gw.services.metadata.api_keys.revoke(linked_key, gw.clock.now())
+            await linked.goto(f"{base}/status")
+            assert linked.url == f"{base}/status/login?note=expired"
+            await other.close()
+
             # A session past its 12 hours is refused (the gateway's clock moves).
+            operator = await gw.key("ops2", Role.OPERATOR)
             await page.fill("#api_key", operator)
             await page.click("#sign-in")
             await page.wait_for_url(f"{base}/status")
@@ -228,43 +270,6 @@ async def test_status_page_in_chromium(gw: Gateway, metadata_backend: MetadataBa
             assert page.url == f"{base}/status/login?note=expired"
             assert csp_errors == []
             await context.close()
-        finally:
-            await browser.close()
-
-
-@needs_browser
-async def test_sign_in_link_in_chromium(gw: Gateway) -> None:
-    from playwright.async_api import async_playwright
-
-    operator = await gw.key("ops", Role.OPERATOR)
-    base = _base(gw)
-    made = _status_link(gw, "--ttl", "15m", "--base-url", base)
-    assert made.returncode == 0, made.stderr
-    link = made.stdout.strip().splitlines()[-1]
-    assert link.startswith(f"{base}/status/link?token=l1.")
-    assert operator not in made.stdout and operator.rsplit("_", 1)[1] not in link
-
-    async with async_playwright() as pw:
-        assert CHROMIUM is not None
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            context = await browser.new_context()
-            context.set_default_timeout(15_000)
-            page = await context.new_page()
-            await page.goto(link)
-            # The token does not stay in the address bar.
-            await page.wait_for_url(f"{base}/status")
-            assert await page.locator("#backlog").count() == 1
-            # Once only.
-            other = await browser.new_context()
-            again = await other.new_page()
-            await again.goto(link)
-            assert again.url == f"{base}/status/login?note=link"
-            # Revoking the key ends the session it opened.
-            key_id = operator.split("_")[1]
-            assert await gw.services.metadata.api_keys.revoke(key_id, gw.clock.now())
-            await page.goto(f"{base}/status")
-            assert page.url == f"{base}/status/login?note=expired"
         finally:
             await browser.close()
 
@@ -380,12 +385,34 @@ async def test_every_value_is_escaped(gw: Gateway) -> None:
     assert body.count("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&gt;&lt;img") >= 3
 
 
-async def test_status_link_command_refuses(gw: Gateway) -> None:
-    none = _status_link(gw)
-    assert none.returncode == 2 and "no live operator key" in none.stderr
-    await gw.key("ops", Role.OPERATOR)
-    result = _status_link(gw, "--ttl", "2h")
-    assert result.returncode == 2 and "at most 60m" in result.stderr
-    made = _status_link(gw)
-    assert made.returncode == 0, made.stderr
-    assert made.stdout.splitlines()[-1].startswith("http://127.0.0.1:8080/status/link?token=")
+async def test_status_link_command(tmp_path: Path) -> None:
+    """``filestore status-link`` as a real process (on SQLite; the browser
+    test runs its code on both databases)."""
+    clock = ManualClock(start=float(int(time.time())))
+    async with running_gateway(tmp_path, clock=clock) as gw:
+        none = _status_link(gw)
+        assert none.returncode == 2 and "no live operator key" in none.stderr
+        operator = await gw.key("ops", Role.OPERATOR)
+        base = _base(gw)
+        made = _status_link(gw, "--ttl", "5m", "--base-url", base)
+        assert made.returncode == 0, made.stderr
+        link = made.stdout.strip().splitlines()[-1]
+        assert link.startswith(f"{base}/status/link?token=l1.")
+        assert link_key_id(link) == operator.split("_")[1]
+        assert operator.rsplit("_", 1)[1] not in made.stdout + made.stderr
+        resp = await gw.client.get(link[len(base) :], allow_redirects=False)
+        assert resp.status == 200 and COOKIE in resp.cookies
+        assert resp.headers["Referrer-Policy"] == "no-referrer"
+        # Refusals, and the address it names by default.
+        for ttl in ("2h", "soon", "0"):
+            with pytest.raises(ConfigError):
+                await status_link.run(
+                    gw.settings, argparse.Namespace(ttl=ttl, key_id=None, base_url=None)
+                )
+        with pytest.raises(ConfigError, match="no live operator key"):
+            await status_link.run(
+                gw.settings, argparse.Namespace(ttl="1m", key_id="0" * 12, base_url=None)
+            )
+    assert status_link._base_url(Settings.load(env={}), None) == "http://127.0.0.1:8080"
+    wildcard = Settings.load(env={}, host="0.0.0.0", port=9000)
+    assert status_link._base_url(wildcard, None) == "http://127.0.0.1:9000"
