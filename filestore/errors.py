@@ -23,10 +23,15 @@ problem+json in one table (``filestore.api.problems``) and the CLI to exit codes
     ├── Forbidden                authenticated, but the role may not do this
     └── Unavailable              a dependency is down; retry later
         ├── StorageUnavailable
-        └── MetadataUnavailable
+        │   └── StorageFull      the blob store is out of space or quota
+        ├── MetadataUnavailable
+        │   └── MetadataFull     the database is out of space
+        └── InsufficientStorage  what both *Full are (507, not 503)
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class FilestoreError(Exception):
@@ -127,3 +132,26 @@ class StorageUnavailable(Unavailable):
 
 class MetadataUnavailable(Unavailable):
     """The metadata database could not be reached or is locked."""
+
+
+class InsufficientStorage(Unavailable):
+    """A dependency is out of space (ENOSPC, EDQUOT, SQLite's SQLITE_FULL).
+    Answered 507, not 503: retrying helps only once space is freed. Nothing
+    of the failed request is kept."""
+
+
+class StorageFull(StorageUnavailable, InsufficientStorage):
+    """The blob store's medium is full or over quota."""
+
+
+class MetadataFull(MetadataUnavailable, InsufficientStorage):
+    """The metadata database could not grow: its disk is full."""
+
+
+#: ``errno`` values that mean the medium is full (ENOSPC) or over quota (EDQUOT).
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """Whether ``exc`` is an OSError saying the medium is full or over quota."""
+    return isinstance(exc, OSError) and exc.errno in NO_SPACE

@@ -38,7 +38,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
                 request.method,
                 route_template(request) or "-",
                 type(exc).__name__,
-                exc_info=exc.__cause__ is not None and response.status != 503,
+                exc_info=exc.__cause__ is not None and response.status not in (503, 507),
                 extra={"request_id": request_id},
             )
     except web.HTTPException as exc:

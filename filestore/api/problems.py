@@ -40,6 +40,7 @@ TABLE: tuple[tuple[type[Exception], Problem], ...] = (
     (errors.IntegrityError, Problem(500, "integrity", "Stored data failed its integrity check")),
     (errors.KeyDestroyed, Problem(410, "gone", "Gone")),
     (errors.KeyNotFound, Problem(500, "key-unavailable", "The file's key is unavailable")),
+    (errors.InsufficientStorage, Problem(507, "insufficient-storage", "Insufficient Storage")),
     (errors.Unavailable, Problem(503, "unavailable", "Service unavailable")),
 )
 
@@ -96,7 +97,7 @@ def error_response(exc: BaseException, request_id: str) -> web.Response:
         headers["WWW-Authenticate"] = 'Bearer realm="filestore"'
     if isinstance(exc, errors.RangeNotSatisfiable):
         headers["Content-Range"] = f"bytes */{exc.size}"
-    if problem.status >= 500 and problem is not problem_for(errors.Unavailable()):
+    if problem.status >= 500 and not isinstance(exc, errors.Unavailable):
         detail = "see the server log for request " + request_id
     else:
         detail = str(exc)

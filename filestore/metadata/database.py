@@ -36,7 +36,7 @@ import sqlalchemy.exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from filestore.errors import ConfigError, MetadataUnavailable
+from filestore.errors import ConfigError, MetadataFull, MetadataUnavailable, out_of_space
 from filestore.metadata.base import ReclaimReport
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,20 @@ _FAILURES: tuple[type[BaseException], ...] = (
 )
 
 
+def _out_of_space(exc: BaseException) -> bool:
+    """SQLite could not grow the file (SQLITE_FULL: the disk is full or the
+    page limit reached), or an OS call found the disk full or over quota."""
+    orig: BaseException = exc
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig is not None:
+        orig = exc.orig
+    if isinstance(orig, sqlite3.Error):
+        return getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return out_of_space(orig)
+
+
 def _unavailable(exc: BaseException) -> MetadataUnavailable:
+    if _out_of_space(exc):
+        return MetadataFull("the metadata database is out of space")
     if isinstance(exc, sqlalchemy.exc.IntegrityError):
         return MetadataUnavailable("the metadata database refused a write")
     return MetadataUnavailable("the metadata database is unavailable")

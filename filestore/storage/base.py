@@ -7,8 +7,9 @@ names or keys. Every backend passes the same contract tests
 
 Errors: a backend raises :class:`filestore.errors.StorageUnavailable` for any
 failure of the medium (I/O error, network, permissions), translated at the
-boundary with ``raise ... from exc``. A missing blob on read raises
-:class:`filestore.errors.NotFound`.
+boundary with ``raise ... from exc``; its subclass
+:class:`filestore.errors.StorageFull` when the medium is full or over quota
+(answered 507). A missing blob on read raises :class:`filestore.errors.NotFound`.
 """
 
 from __future__ import annotations

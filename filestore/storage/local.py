@@ -42,7 +42,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from filestore.errors import NotFound, StorageUnavailable
+from filestore.errors import NotFound, StorageFull, StorageUnavailable, out_of_space
 from filestore.storage._jobs import after
 from filestore.storage.base import BlobWriter, StoredBlob
 
@@ -67,10 +67,13 @@ def _check_name(name: str) -> None:
 
 
 async def _settle(what: str, job: Future[T]) -> T:
-    """Await a thread job without ever cancelling it; OSError → StorageUnavailable."""
+    """Await a thread job without ever cancelling it; OSError → StorageUnavailable
+    (StorageFull when the disk is full or over quota)."""
     try:
         return await asyncio.shield(asyncio.wrap_future(job))
     except OSError as exc:
+        if out_of_space(exc):
+            raise StorageFull(f"local storage is out of space: could not {what}") from exc
         raise StorageUnavailable(f"local storage failed to {what}") from exc
 
 

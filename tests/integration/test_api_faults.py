@@ -18,8 +18,10 @@ import errno
 import io
 import json
 import os
+import subprocess
+import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +31,16 @@ import pytest
 
 import filestore.storage.local as local_storage
 from filestore import ids
+from filestore.clock import ManualClock
+from filestore.config import Settings
 from filestore.crypto import CHUNK_SIZE, ENC_CHUNK_SIZE, PREFIX_SIZE, chunk_span
+from filestore.errors import MetadataUnavailable
+from filestore.metadata.base import Role
+from filestore.services import open_services
 from tests.support import db
 from tests.support.db import MetadataBackend
 from tests.support.gateway import Gateway, running_gateway
+from tests.support.postgres import PostgresServer, PostgresUnavailable
 
 PROBLEM = "application/problem+json"
 #: Upper bound for any single wait on the server; far above what a healthy
@@ -334,8 +342,8 @@ async def test_content_length_over_the_limit_is_413(
 # ------------------------------------------------------ storage: uploads
 @pytest.mark.parametrize(
     ("call", "code"),
-    [("write", errno.ENOSPC), ("fsync", errno.EIO)],
-    ids=["write-ENOSPC", "fsync-EIO"],
+    [("write", errno.EIO), ("fsync", errno.EIO)],
+    ids=["write-EIO", "fsync-EIO"],
 )
 async def test_storage_failure_during_upload_is_503_and_leaves_nothing(
     tmp_path: Path, faulty_os: FaultyOS, call: str, code: int, metadata_backend: MetadataBackend
@@ -380,6 +388,146 @@ async def test_unusable_tmp_dir_is_503_and_nothing_readable(
         assert gw.services.storage_probe is not None
         gw.services.storage_probe.forget()
         assert (await gw.client.get("/readyz")).status == 200
+
+
+# ------------------------------------------------------ storage: disk full
+class DiskFills:
+    """``when`` for :meth:`FaultyOS.fail`: ``write`` calls go through until
+    ``room`` bytes are written, then every write fails, as on a disk that
+    fills up in the middle of a file."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+
+    def __call__(self, _fd: int, data: Any) -> bool:
+        if len(data) > self.room:
+            return True
+        self.room -= len(data)
+        return False
+
+
+def assert_insufficient_storage(status: int, headers: Any, body: bytes, where: str) -> None:
+    """A 507 problem whose detail says which store ran out of space."""
+    doc = check_problem(status, headers, body, 507, "insufficient-storage")
+    assert doc["title"] == "Insufficient Storage", doc
+    assert doc.get("detail", "").startswith(f"{where} is out of space"), doc
+    assert_retry_after(headers)
+
+
+@pytest.mark.parametrize(
+    ("call", "code", "room"),
+    [
+        ("write", errno.ENOSPC, 1 << 20),
+        ("write", errno.EDQUOT, 1 << 20),
+        ("fsync", errno.ENOSPC, 0),
+    ],
+    ids=["write-ENOSPC-after-1MiB", "write-EDQUOT-after-1MiB", "fsync-ENOSPC"],
+)
+async def test_disk_full_during_upload_is_507_and_leaves_nothing(
+    tmp_path: Path,
+    faulty_os: FaultyOS,
+    call: str,
+    code: int,
+    room: int,
+    metadata_backend: MetadataBackend,
+) -> None:
+    """ENOSPC/EDQUOT where the real local store meets the kernel (the fault
+    is raised in place of the store's own ``os.write``/``os.fsync``, after
+    ``room`` bytes reached the part file): 507 Insufficient Storage, not 503,
+    and neither the part file nor the row nor the key survives."""
+    async with running_gateway(tmp_path, database_url=metadata_backend.url) as gw:
+        auth = await gw.auth()
+        faulty_os.fail(call, code, DiskFills(room) if call == "write" else lambda *_: True)
+        resp = await gw.client.post("/v1/files", data=io.BytesIO(os.urandom(3 << 20)), headers=auth)
+        assert_insufficient_storage(resp.status, resp.headers, await resp.read(), "local storage")
+        assert faulty_os.fired[call] > 0
+        assert await leftovers(gw) == NOTHING
+        faulty_os.heal()
+        assert (await gw.upload(b"after the disk was freed"))["size"] == 24
+
+
+TMPFS_SIZE = 1 << 20
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: int) -> Iterator[Path]:
+    """A tmpfs of ``size`` bytes mounted at ``path``: a real disk that fills.
+    Needs root and a kernel that lets this process mount; skips otherwise."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        pytest.skip("a real full disk needs a tmpfs mount, which needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (a container?): {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+async def test_disk_full_on_a_real_tmpfs_is_507_and_frees_the_space(tmp_path: Path) -> None:
+    """The same on a filesystem that really fills: the kernel's own ENOSPC.
+    The space the partial upload took is given back, so a file that fits is
+    accepted at once."""
+    with small_tmpfs(tmp_path / "data" / "storage", TMPFS_SIZE) as storage:
+        async with running_gateway(tmp_path) as gw:
+            assert gw.settings.storage_dir == storage
+            auth = await gw.auth()
+            free = free_bytes(storage)
+            resp = await gw.client.post(
+                "/v1/files", data=io.BytesIO(os.urandom(3 * TMPFS_SIZE)), headers=auth
+            )
+            assert_insufficient_storage(
+                resp.status, resp.headers, await resp.read(), "local storage"
+            )
+            assert await leftovers(gw) == NOTHING
+            assert free_bytes(storage) == free
+            data = os.urandom(TMPFS_SIZE // 2)
+            meta = await gw.upload(data)
+            assert await (await gw.get(meta["id"])).read() == data
+
+
+async def test_sqlite_full_is_507_and_leaves_nothing(tmp_path: Path) -> None:
+    """The database's disk is full: SQLite cannot grow the file and says
+    SQLITE_FULL (produced here with the connection's ``max_page_count``, the
+    same error SQLite gives when a write hits ENOSPC). The upload that met it
+    answers 507 and leaves no row, key or blob; reads go on meanwhile, and
+    once there is room again uploads work without a restart."""
+    async with running_gateway(tmp_path) as gw:
+        auth = await gw.auth()
+        kept = await gw.upload(b"written before the disk filled")
+        pages = await db.scalar(gw.services, "PRAGMA page_count")
+        assert await db.scalar(gw.services, f"PRAGMA max_page_count = {pages}") == pages
+        uploaded = 0
+        resp = None
+        for _ in range(500):  # a page holds a few rows: this fills within dozens
+            resp = await gw.client.post("/v1/files", data=os.urandom(1000), headers=auth)
+            if resp.status != 201:
+                break
+            uploaded += 1
+        assert resp is not None
+        assert_insufficient_storage(
+            resp.status, resp.headers, await resp.read(), "the metadata database"
+        )
+        # Nothing of the failed upload is left: only the files that made it.
+        state = await db_state(gw)
+        assert list(state["files"].values()) == ["active"] * (uploaded + 1), state
+        assert state["file_keys"] == uploaded + 1
+        assert len(stored_files(gw)) == uploaded + 1
+        assert await (await gw.get(kept["id"])).read() == b"written before the disk filled"
+        await db.scalar(gw.services, "PRAGMA max_page_count = 1073741823")
+        assert (await gw.upload(b"after the disk was freed"))["size"] == 24
 
 
 # ------------------------------------------------------ storage: downloads
@@ -537,6 +685,218 @@ async def test_database_outage_is_503_not_500(
         assert_retry_after(ready.headers)
         # Liveness is not readiness: the process still serves.
         assert (await gw.client.get("/healthz")).status == 200
+
+
+# ------------------------------------------------ database: locked, stopped, cut
+#: Every route that reads or writes the database, in an order where the
+#: delete comes last; the expected answer once the database is back.
+ROUTES: dict[str, tuple[str, str, Role, int]] = {
+    "upload": ("POST", "/v1/files", Role.CLIENT, 201),
+    "download": ("GET", "/v1/files/{id}", Role.CLIENT, 200),
+    "head": ("HEAD", "/v1/files/{id}", Role.CLIENT, 200),
+    "purge-status": ("GET", "/v1/purge/status", Role.OPERATOR, 200),
+    "delete": ("DELETE", "/v1/files/{id}", Role.CLIENT, 204),
+}
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+async def call_routes(
+    gw: Gateway, file_id: str, names: Iterable[str] = ROUTES
+) -> dict[str, Answer]:
+    """One request per route (keys must exist already: the database may be
+    down); every answer is read in full."""
+    answers = {}
+    for name in names:
+        method, path, role, _ok = ROUTES[name]
+        resp = await gw.client.request(
+            method,
+            path.format(id=file_id),
+            data=b"uploaded during the fault" if method == "POST" else None,
+            headers=await gw.auth(role=role),
+        )
+        answers[name] = Answer(resp.status, dict(resp.headers), await resp.read())
+    return answers
+
+
+def assert_unavailable(answer: Answer, what: str) -> None:
+    """503 problem+json with Retry-After (a HEAD answer has no body)."""
+    assert answer.status == 503, (what, answer.status, answer.body[:300])
+    assert_retry_after(answer.headers)
+    assert answer.headers["Content-Type"].startswith(PROBLEM), (what, answer.headers)
+    if answer.body:
+        check_problem(503, answer.headers, answer.body, 503, "unavailable")
+
+
+async def assert_routes_recover(gw: Gateway, *, retries: int = 0) -> None:
+    """Every route answers as usual again (on the file the upload made);
+    ``retries`` answers in all may still be 503 (a pool meeting its dead
+    connections), never anything else."""
+    file_id = ""
+    unavailable = []
+    for name, (_m, _p, _r, ok) in ROUTES.items():
+        for _ in range(retries + 1):
+            answer = (await call_routes(gw, file_id, [name]))[name]
+            if answer.status != 503:
+                break
+            assert_unavailable(answer, name)
+            unavailable.append(name)
+        assert answer.status == ok, (name, answer.status, answer.body[:300])
+        if name == "upload":
+            file_id = json.loads(answer.body)["id"]
+    assert len(unavailable) <= retries, unavailable
+    ready = await gw.client.get("/readyz")
+    assert ready.status == 200, await ready.text()
+
+
+async def test_sqlite_locked_by_another_process_is_503_then_recovers(tmp_path: Path) -> None:
+    """Another process holds SQLite's write lock for longer than the busy
+    timeout (5 s): every write (upload, delete, a counted download) answers
+    503 with Retry-After once the timeout is spent, and leaves nothing.
+    Reads go on (WAL readers never wait for the writer). When the lock goes,
+    everything works again without a restart."""
+    async with running_gateway(tmp_path) as gw:
+        await gw.auth(role=Role.OPERATOR)
+        plain = await gw.upload(b"plain")
+        limited = await gw.upload(b"limited", params={"max_downloads": "3"})
+        before = await db_state(gw)
+        locker = subprocess.Popen(
+            [sys.executable, "-c", LOCKER, str(gw.settings.database_path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert locker.stdout is not None and locker.stdout.readline() == "locked\n"
+            writes = await call_routes(gw, plain["id"], ["upload", "delete"])
+            writes["counted download"] = (await call_routes(gw, limited["id"], ["download"]))[
+                "download"
+            ]
+            reads = await call_routes(gw, plain["id"], ["download", "head", "purge-status"])
+        finally:
+            locker.communicate(timeout=WAIT)  # closes its stdin: it rolls back and exits
+        for name, answer in writes.items():
+            assert_unavailable(answer, name)
+        assert {name: a.status for name, a in reads.items()} == {
+            "download": 200,
+            "head": 200,
+            "purge-status": 200,
+        }
+        assert reads["download"].body == b"plain"
+        assert await db_state(gw) == before
+        assert len(stored_files(gw)) == 2
+        await assert_routes_recover(gw)
+        assert await (await gw.get(limited["id"])).read() == b"limited"
+
+
+#: A process that takes SQLite's write lock and keeps it until its stdin closes.
+LOCKER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.read()
+conn.execute("ROLLBACK")
+"""
+
+
+async def test_sqlite_on_a_read_only_disk_refuses_to_start(tmp_path: Path) -> None:
+    """An open SQLite connection keeps writing through its descriptors
+    whatever happens to the file's permissions (Linux even refuses to remount
+    a filesystem read-only while a file on it is open for writing), so an
+    unwritable database shows at the next start: that is refused with
+    MetadataUnavailable (``filestore serve`` exits 75), not a traceback."""
+    settings = Settings.load(env={}, data_dir=tmp_path / "data")
+    async with open_services(settings, ManualClock()):
+        pass
+    if os.geteuid() != 0:
+        pytest.skip("a read-only mount needs root (root ignores file modes)")
+    where = str(settings.database_path.parent)
+    done = subprocess.run(["mount", "--bind", "-o", "ro", where, where], check=False)
+    if done.returncode != 0:
+        pytest.skip("cannot make a read-only bind mount here")
+    try:
+        with pytest.raises(MetadataUnavailable, match="unavailable"):
+            async with open_services(settings, ManualClock()):
+                pass
+    finally:
+        subprocess.run(["umount", where], check=False)
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server of this test's own, which it may stop
+    and start (the session's server is shared by every test). Commits are
+    synchronous: an immediate shutdown must not lose what was committed."""
+    try:
+        server = PostgresServer.start(settings={"synchronous_commit": "on"})
+    except PostgresUnavailable as exc:
+        pytest.skip(f"PostgreSQL cannot start: {str(exc).splitlines()[0]}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_postgres_stopped_is_503_on_every_route_then_recovers(
+    tmp_path: Path, own_postgres: PostgresServer
+) -> None:
+    async with own_postgres.database() as url, running_gateway(tmp_path, database_url=url) as gw:
+        await gw.auth(role=Role.OPERATOR)
+        meta = await gw.upload(b"kept through the outage")
+        before = await db_state(gw)
+        own_postgres.halt()
+        try:
+            answers = await call_routes(gw, meta["id"])
+            ready = await gw.client.get("/readyz")
+            assert ready.status == 503
+            assert (await ready.json())["checks"]["database"] == "failing"
+        finally:
+            own_postgres.resume()
+        for name, answer in answers.items():
+            assert_unavailable(answer, name)
+        assert await db_state(gw) == before
+        assert len(stored_files(gw)) == 1
+        # The requests during the outage found the pool's connections dead
+        # and dropped them: nothing stale is left to fail after the restart.
+        await assert_routes_recover(gw)
+        assert await (await gw.get(meta["id"])).read() == b"kept through the outage"
+
+
+async def test_postgres_connections_terminated_then_recovers(
+    tmp_path: Path, postgres: PostgresServer, pg_database_url: str
+) -> None:
+    """The server ends every session of the gateway (pg_terminate_backend, as
+    a failover or an administrator does): a request that meets a dead
+    connection answers 503, never 500, and the pool reconnects by itself."""
+    async with running_gateway(tmp_path, database_url=pg_database_url) as gw:
+        await gw.auth(role=Role.OPERATOR)
+        meta = await gw.upload(b"kept")
+        # Several connections in the pool, so more than one is cut.
+        await asyncio.gather(*(gw.get(meta["id"]) for _ in range(4)))
+        database = pg_database_url.rsplit("/", 1)[1]
+        ended = await pg_scalar(
+            postgres,
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = $1 AND pid <> pg_backend_pid()",
+            database,
+        )
+        assert ended >= 2
+        await assert_routes_recover(gw, retries=1)
+        assert await (await gw.get(meta["id"])).read() == b"kept"
+
+
+async def pg_scalar(server: PostgresServer, sql: str, *args: Any) -> Any:
+    conn = await server.connect()
+    try:
+        return await conn.fetchval(sql, *args)
+    finally:
+        await conn.close()
 
 
 async def test_failed_early_delete_is_retried_by_the_purge(

@@ -352,6 +352,39 @@ class PostgresServer:
                     ) from exc
             time.sleep(0.1)
 
+    def halt(self) -> None:
+        """Take the server away as an outage does: an immediate shutdown
+        (backends killed, no checkpoint), keeping its data directory and port
+        for :meth:`resume`. Only for a server started here."""
+        if self.data_dir is None:
+            raise PostgresUnavailable("an external server cannot be halted")
+        done = self._run(
+            "pg_ctl", "stop", "--mode=immediate", "--wait", "--timeout=30",
+            f"--pgdata={self.data_dir}",
+            timeout=40,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise PostgresUnavailable(f"pg_ctl stop exited with {done.returncode}:\n{done.stderr}")
+        self.pid = None
+
+    def resume(self, timeout: float = 60.0) -> None:
+        """Start a halted server again, on the same port and data, and wait
+        (at most ``timeout`` s) until it answers."""
+        if self.data_dir is None or self.log_path is None:
+            raise PostgresUnavailable("an external server cannot be resumed")
+        done = self._run(
+            "pg_ctl", "start", "--wait", f"--timeout={int(timeout)}",
+            f"--pgdata={self.data_dir}", f"--log={self.log_path}",
+            f"--options=-p {self._base.port}",
+            timeout=timeout + 10,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise PostgresUnavailable(
+                f"pg_ctl start exited with {done.returncode}:\n{done.stderr}{self.log_tail()}"
+            )
+        self.pid = _read_pid(self.data_dir)
+        self._wait_until_ready(timeout)
+
     def stop(self) -> None:
         """``pg_ctl stop -m fast``, else end the postmaster by its PID; then
         remove the directory. Idempotent; a no-op for an external server."""
