@@ -25,10 +25,12 @@ from typing import Any
 
 import pytest
 
+import filestore.storage.s3 as s3_storage
 from filestore import ids
 from filestore.config import Settings
 from filestore.crypto import CHUNK_SIZE, ENC_CHUNK_SIZE, PREFIX_SIZE, ciphertext_size
 from filestore.errors import ConfigError, StorageUnavailable
+from filestore.metadata.rules import backoff
 from filestore.storage.s3 import S3BlobStore, lifecycle_findings
 from scheduler.runner import PurgeScheduler
 from tests.support import db
@@ -384,6 +386,152 @@ async def test_server_stopped_during_a_purge_pass(
         assert set((await file_states(gw)).values()) == {"purged"}
         assert leftovers(s3_env, s3_bucket) == NOTHING
         assert await audit_ids(gw) == Counter(dict.fromkeys(file_ids, 1))
+
+
+@contextlib.contextmanager
+def s3_outage(server: SeaweedServer, kind: str) -> Iterator[None]:
+    """S3 goes away for the block: ``stopped`` (SIGKILL: connections are
+    refused) or ``hung`` (SIGSTOP: connections are accepted, nothing answers,
+    so only the client's timeouts end a call). It is back after the block."""
+    if kind == "stopped":
+        server.kill()
+    else:
+        server.pause()
+    try:
+        yield
+    finally:
+        if kind == "stopped":
+            server.start()
+        else:
+            server.resume()
+
+
+@pytest.fixture
+def short_s3_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Client timeouts of half a second (and two attempts), so a hung server
+    fails a call within seconds; read when a store opens."""
+    monkeypatch.setattr(s3_storage, "CONNECT_TIMEOUT", 0.5)
+    monkeypatch.setattr(s3_storage, "READ_TIMEOUT", 0.5)
+    monkeypatch.setattr(s3_storage, "MAX_ATTEMPTS", 2)
+
+
+def assert_unavailable_problem(status: int, headers: Any, body: bytes) -> None:
+    assert status == 503, body[:300]
+    assert headers["Content-Type"].startswith("application/problem+json"), headers
+    assert json.loads(body)["type"] == "urn:filestore:problem:unavailable"
+    assert headers["Retry-After"].isdigit(), headers
+
+
+async def served(gw: Gateway, file_id: str, attempts: int = 20) -> bytes:
+    """The file's bytes once S3 serves again (a restarted SeaweedFS may
+    refuse a read or two while its volume server rejoins)."""
+    for _ in range(attempts):
+        resp = await gw.get(file_id)
+        if resp.status != 503:
+            assert resp.status == 200, await resp.text()
+            return await resp.read()
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"S3 still unavailable after {attempts} reads")
+
+
+@pytest.mark.parametrize("outage", ["stopped", "hung"])
+async def test_s3_outage_upload_and_download_are_503_and_leave_nothing(
+    tmp_path: Path, s3_env: SeaweedServer, s3_bucket: str, short_s3_timeouts: None, outage: str
+) -> None:
+    """While S3 refuses connections or hangs, an upload and a download each
+    answer 503 with Retry-After (the hang ended by the client's own timeouts).
+    The failed upload's row can only stay ``uploading`` (its cleanup cannot
+    reach S3 either): never readable, and swept, with one record, once S3 is
+    back. A hung server may still store the PUT the client gave up on when it
+    wakes: that object is the ``uploading`` row's, and goes with the sweep.
+    Then the bucket holds exactly what it held before. The stored file is
+    untouched throughout."""
+    async with s3_gateway(tmp_path, s3_env, s3_bucket) as gw:
+        auth = await gw.auth()
+        data = os.urandom(70_000)
+        kept = await gw.upload(data, params={"ttl": "10h"})  # outlives the sweep's grace
+        before = leftovers(s3_env, s3_bucket)
+        with s3_outage(s3_env, outage):
+            async with asyncio.timeout(60):  # a hang guard; the timeouts are 0.5 s
+                up = await gw.client.post("/v1/files", data=os.urandom(50_000), headers=auth)
+                up_body = await up.read()
+                down = await gw.get(kept["id"])
+                down_body = await down.read()
+        assert_unavailable_problem(up.status, up.headers, up_body)
+        assert_unavailable_problem(down.status, down.headers, down_body)
+        states = await file_states(gw)
+        assert states.pop(kept["id"]) == "active"
+        assert set(states.values()) <= {"uploading"}, states
+        for failed in states:
+            assert (await gw.get(failed)).status == 404
+        late = set(leftovers(s3_env, s3_bucket)["objects"]) - set(before["objects"])
+        assert late <= {key_of(failed) for failed in states}, late
+        assert leftovers(s3_env, s3_bucket)["uploads"] == []
+        assert await served(gw, kept["id"]) == data
+        gw.clock.advance(gw.settings.upload_grace + 1)
+        await PurgeScheduler(gw.services).run_pass()
+        assert await audit_ids(gw) == Counter(dict.fromkeys(states, 1))
+        assert leftovers(s3_env, s3_bucket) == before
+        assert await served(gw, kept["id"]) == data
+
+
+async def test_purge_during_s3_outage_backs_off_then_audits_once(
+    tmp_path: Path, s3_env: SeaweedServer, s3_bucket: str, short_s3_timeouts: None
+) -> None:
+    """A pass during an S3 outage erases the key, fails the blob, and records
+    the failure: one attempt more, the lease released, the next attempt one
+    ``backoff`` later (metadata/rules.py), no audit record. Passes before then
+    leave the file alone; a pass at that time while S3 is still down doubles
+    the wait. Once S3 is back the next due pass deletes the blob and audits
+    the deletion once; later passes add nothing. (A MAX_TTL of 23 h leaves
+    the backoff room to double: with the default 23h58m the 24-hour budget
+    caps it at one interval.)"""
+    async with s3_gateway(tmp_path, s3_env, s3_bucket, max_ttl="23h") as gw:
+        svc = gw.services
+        meta = await gw.upload(os.urandom(40_000), params={"ttl": "60"})
+        interval, cap = svc.settings.purge_interval, svc.settings.retry_cap
+        scheduler = PurgeScheduler(svc)
+
+        async def retry_state() -> tuple[Any, ...]:
+            (row,) = await db.rows(
+                svc,
+                "SELECT state, purge_attempts, next_attempt_at, last_error, lease_owner FROM files",
+            )
+            return row
+
+        gw.clock.advance(61)
+        with s3_outage(s3_env, "stopped"):
+            first = await scheduler.run_pass()
+            assert (first.claimed, first.purged, first.failed) == (1, 0, 1)
+            assert first.failures == {"StorageUnavailable": 1}
+            retry_at = gw.clock.now() + backoff(0, interval, cap)
+            assert await retry_state() == ("purging", 1, retry_at, "StorageUnavailable", None)
+            assert await db.scalar(svc, "SELECT count(*) FROM file_keys") == 0
+            assert (await gw.get(meta["id"])).status == 410
+            assert await audit_ids(gw) == Counter()
+
+            gw.clock.set(retry_at - 1)  # still backing off: not even claimed
+            assert (await scheduler.run_pass()).claimed == 0
+            gw.clock.set(retry_at)  # due again, S3 still down: the wait doubles
+            second = await scheduler.run_pass()
+            assert (second.claimed, second.failed) == (1, 1)
+            retry_at = gw.clock.now() + backoff(1, interval, cap)
+            assert [backoff(n, interval, cap) for n in (0, 1)] == [interval, 2 * interval]
+            assert await retry_state() == ("purging", 2, retry_at, "StorageUnavailable", None)
+            assert await audit_ids(gw) == Counter()
+
+        assert leftovers(s3_env, s3_bucket)["objects"] == [key_of(meta["id"])]
+        gw.clock.set(retry_at)
+        third = await scheduler.run_pass()
+        assert (third.claimed, third.purged, third.failed) == (1, 1, 0)
+        assert leftovers(s3_env, s3_bucket) == NOTHING
+        assert (await retry_state())[0] == "purged"
+        assert await audit_ids(gw) == Counter({meta["id"]: 1})
+        (record,) = await svc.metadata.audit.records(0, 10)
+        assert (record.reason, record.deleted_at) == ("expired", retry_at)
+        gw.clock.advance(10 * interval)
+        assert (await scheduler.run_pass()).claimed == 0
+        assert await audit_ids(gw) == Counter({meta["id"]: 1})
 
 
 async def test_orphan_multipart_upload_is_aborted_by_the_sweep(

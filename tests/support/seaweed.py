@@ -274,6 +274,7 @@ class SeaweedServer:
         if proc is None:
             return
         if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)  # a paused server must see the SIGTERM
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(grace)
@@ -285,6 +286,19 @@ class SeaweedServer:
     def kill(self) -> None:
         """Take the server away at once (SIGKILL), as a crash or outage does."""
         self.stop(grace=0)
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): the kernel still accepts connections
+        but nothing answers, as with a hung service or a black-holed route.
+        Undo with :meth:`resume`."""
+        if self.process is None or self.process.poll() is not None:
+            raise SeaweedUnavailable("the server is not running")
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused server run on (SIGCONT); a no-op if it is not paused."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
 
     def _remove_sockets(self) -> None:
         """weed leaves ``/tmp/seaweedfs-*-<port>.sock`` behind; remove ours."""
