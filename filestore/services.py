@@ -100,10 +100,12 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Async
             )
             keyring = await open_ratchet(settings, metadata.cluster, clock, secret)
         else:
-            keyring = await asyncio.to_thread(
+            ring = await asyncio.to_thread(
                 Keyring.load_or_create, settings.keyring_path, clock.now()
             )
-            await check_commitment(keyring, metadata.cluster, clock.now())
+            ring.enforce_deadlines(clock, settings.kek_destroy_after)
+            await check_commitment(ring, metadata.cluster, clock.now())
+            keyring = ring
         blobs = await open_blobs(settings)
         stack.push_async_callback(blobs.close)
         lifecycle = Lifecycle(settings, metadata, blobs, keyring, clock)

@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from filestore.clock import Clock
 from filestore.crypto import wrapping
 from filestore.crypto._files import b64_or_none as _b64
 from filestore.crypto._files import ensure_private_dir, read_private_file, write_private_file
@@ -107,6 +108,7 @@ class Keyring:
         # and writers are serialised by _write_lock.
         self._state: _State = (dict(keys), active, dict(tombstones or {}))
         self._write_lock = threading.Lock()
+        self._deadlines: tuple[Clock, float] | None = None
 
     def __repr__(self) -> str:
         keys, active, _ = self._state
@@ -181,6 +183,22 @@ class Keyring:
         """``(id, created_at)`` of every KEK, by id."""
         return [(kid, kek.created_at) for kid, kek in sorted(self._state[0].items())]
 
+    def enforce_deadlines(self, clock: Clock, destroy_after: float) -> None:
+        """Refuse (KeyDestroyed) to unwrap under a KEK once ``destroy_after``
+        seconds have passed since its retirement, even before the scheduler
+        gets to destroy it: nothing stays readable under a KEK for the up to
+        one interval between its deadline and the next key step."""
+        self._deadlines = (clock, destroy_after)
+
+    def _past_deadline(self, kek_id: int) -> bool:
+        if self._deadlines is None:
+            return False
+        clock, destroy_after = self._deadlines
+        keys = self._state[0]
+        later = [kek.created_at for kid, kek in keys.items() if kid > kek_id]
+        # Retired when the next KEK was created; the active one never is.
+        return bool(later) and clock.now() >= min(later) + destroy_after
+
     def tombstones(self) -> list[Tombstone]:
         """KEKs destroyed whose audit record is not yet known to exist, by id."""
         return [t for _, t in sorted(self._state[2].items())]
@@ -189,6 +207,10 @@ class Keyring:
         keys = self._state[0]
         kek = keys.get(kek_id)
         if kek is not None:
+            if self._past_deadline(kek_id):
+                raise KeyDestroyed(
+                    f"key-encryption key {kek_id} is past its destruction deadline"
+                )
             return kek
         # Ids only grow and KEKs are destroyed oldest first: one below the
         # oldest held was destroyed; any other is foreign (another keyring).

@@ -368,3 +368,22 @@ def test_the_schema_knows_the_legacy_wrap_size() -> None:
     from filestore.metadata.schema import LEGACY_WRAP_SIZE
 
     assert LEGACY_WRAP_SIZE == wrapping.LEGACY_SIZE == 60
+
+
+def test_past_its_deadline_a_kek_is_refused_before_it_is_destroyed(ring: Keyring) -> None:
+    from filestore.clock import ManualClock
+
+    clock = ManualClock(NOW)
+    ring.enforce_deadlines(clock, 100.0)
+    dek = os.urandom(32)
+    old_id, wrapped = ring.wrap(dek, FILE)
+    ring.rotate(NOW + 10)  # KEK 1 retires at NOW + 10: its deadline is NOW + 110
+    clock.set(NOW + 109.9)
+    assert ring.unwrap(old_id, FILE, wrapped) == dek
+    clock.set(NOW + 110)
+    with pytest.raises(KeyDestroyed, match="deadline"):
+        ring.unwrap(old_id, FILE, wrapped)
+    assert old_id in dict(ring.entries())  # still held: the key step destroys it
+    new_id, fresh = ring.wrap(dek, FILE)
+    clock.set(NOW + 10_000)
+    assert ring.unwrap(new_id, FILE, fresh) == dek  # the active KEK has no deadline
