@@ -67,9 +67,10 @@ from typing import Any, Protocol, TypeVar
 import aiohttp
 import asyncpg
 
+from bench._proc import cpu_delta, proc_cpu, tree_cpu
 from bench._report import command_line
-from filestore.crypto.keyring import WRAPPED_SIZE
 from filestore.crypto.sealed import seal_fields
+from filestore.crypto.wrapping import WRAPPED_SIZE
 from filestore.metadata.base import ApiKeyRecord, FileKey, FileRecord, FileState, Role
 from filestore.metadata.sql import SQLMetadataStore
 from tests.support.postgres import PostgresServer
@@ -84,7 +85,6 @@ POOL_MAX = 2 * POOL_SIZE
 CONCURRENCY = 32
 KEY_ID = "0123456789ab"
 TENANT = "default"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: A sealed-fields blob as an upload writes it (no name, no type, a digest).
 SEALED_SIZE = len(
     seal_fields(bytes(32), bytes(16), {"filename": None, "content_type": None, "sha256": "0" * 64})
@@ -112,40 +112,6 @@ def qmarks(sql: str) -> str:
 
 def dollars(sql: str) -> str:
     return sql.format(*[f"${i}" for i in range(1, 9)])
-
-
-# ------------------------------------------------------------- CPU accounting
-def _proc_cpu(pid: int, reaped: bool = False) -> tuple[int, float] | None:
-    """(parent pid, user+system CPU seconds) of ``pid``, or None if gone;
-    with ``reaped``, plus that of its children that have exited."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-    ticks = int(fields[11]) + int(fields[12])
-    if reaped:
-        ticks += int(fields[13]) + int(fields[14])
-    return int(fields[1]), ticks / CLK_TCK
-
-
-def tree_cpu(root: int) -> dict[int, float]:
-    """CPU seconds of ``root`` and of each of its children (PostgreSQL: the
-    postmaster, its backends and background workers). The root's figure
-    includes its exited children, so a backend that ends between two
-    snapshots (a pool closing an overflow connection) is still counted."""
-    out: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (got := _proc_cpu(int(entry), reaped=int(entry) == root)):
-            ppid, cpu = got
-            if int(entry) == root or ppid == root:
-                out[int(entry)] = cpu
-    return out
-
-
-def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
-    """CPU spent between two snapshots of :func:`tree_cpu` (a child that
-    exited in between moves from its own entry into the root's)."""
-    return sum(after.values()) - sum(before.values())
 
 
 # ------------------------------------------------------------------ uploads
@@ -554,12 +520,12 @@ async def gateway_round(
         await run(concurrency)  # warm: open the client's connections
         latencies.clear()
         await settle(pg)
-        cpu0 = _proc_cpu(gw.proc.pid)
+        cpu0 = proc_cpu(gw.proc.pid)
         pg0 = tree_cpu(pg_pid) if pg_pid else {}
         start = time.perf_counter()
         await run(files)
         wall = time.perf_counter() - start
-        cpu1 = _proc_cpu(gw.proc.pid)
+        cpu1 = proc_cpu(gw.proc.pid)
         pg_cpu = cpu_delta(pg0, tree_cpu(pg_pid)) if pg_pid else 0.0
     assert cpu0 is not None and cpu1 is not None
     cuts = statistics.quantiles(latencies, n=100, method="inclusive")
