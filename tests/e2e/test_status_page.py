@@ -416,3 +416,37 @@ async def test_status_link_command(tmp_path: Path) -> None:
     assert status_link._base_url(Settings.load(env={}), None) == "http://127.0.0.1:8080"
     wildcard = Settings.load(env={}, host="0.0.0.0", port=9000)
     assert status_link._base_url(wildcard, None) == "http://127.0.0.1:9000"
+
+
+def test_kek_epochs_list_ids_and_times_only(tmp_path: Path) -> None:
+    """The KEK table for both schedules: ids, creation, deadlines, states."""
+    from filestore.api.status_page import kek_epochs
+    from filestore.crypto.keyring import Keyring
+    from filestore.crypto.ratchet import RatchetKeyring
+    from filestore.crypto.schedule import RatchetKeys
+
+    settings = Settings.load(env={})
+    after = settings.kek_destroy_after
+    now = 1_800_000_000.0
+    ring = Keyring.load_or_create(tmp_path / "keyring.json", now)
+    ring.rotate(now + HOUR)
+    ring.rotate(now + 2 * HOUR)
+    ring.destroy(1, now + 2 * HOUR)
+    epochs = kek_epochs(ring, settings, now + 2 * HOUR)
+    assert [(k.kek_id, k.state) for k in epochs] == [
+        (1, "destroyed, record pending"),
+        (2, "retired"),
+        (3, "active"),
+    ]
+    assert epochs[1].deadline == now + 2 * HOUR + after and epochs[2].deadline is None
+
+    clock = ManualClock(now)
+    ratchet = RatchetKeyring.create(tmp_path / "ratchet.json", now, HOUR)
+    keys = RatchetKeys(ratchet, clock, after)
+    first = ratchet.current_epoch(now)
+    later = now + 30 * HOUR  # past the first epochs' deadlines, not yet advanced
+    epochs = kek_epochs(keys, settings, later)
+    assert epochs[0].kek_id == first and epochs[-1].kek_id == ratchet.current_epoch(later)
+    assert epochs[-1].state == "active" and epochs[0].state == "past deadline"
+    assert all(k.deadline == ratchet.deadline(k.kek_id, after) for k in epochs)
+    assert {"retired", "active", "past deadline"} == {k.state for k in epochs}
