@@ -453,6 +453,22 @@ class AsyncClient:
             sha256 = sha256.strip().lower()
             if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
                 raise ValueError("sha256 must be 64 hexadecimal characters")
+        async with contextlib.AsyncExitStack() as resources:
+            return await self._upload(
+                resources, source, filename, content_type, ttl, max_downloads, sha256, progress
+            )
+
+    async def _upload(
+        self,
+        resources: contextlib.AsyncExitStack,
+        source: Source,
+        filename: str | None,
+        content_type: str | None,
+        ttl: Ttl | None,
+        max_downloads: int | None,
+        sha256: str | None,
+        progress: Progress | None,
+    ) -> FileInfo:
         headers: dict[str, str] = {}
         tally = _Tally(progress)
         body: Callable[[], object]
@@ -473,9 +489,12 @@ class AsyncClient:
             if content_type is None:
                 content_type = mimetypes.guess_type(path.name)[0]
             file_size = size
+            # Opened here and closed when the upload is over, whatever state
+            # aiohttp left the body's generator in.
+            opened = await resources.enter_async_context(aiofiles.open(path, "rb"))
 
             def body() -> object:
-                return self._file_body(path, file_size, tally.restart())
+                return self._file_body(opened, file_size, tally.restart())
 
         else:
             size, digest, replayable = None, None, False
@@ -502,20 +521,35 @@ class AsyncClient:
             params["ttl"] = _ttl_text(ttl)
         if max_downloads is not None:
             params["max_downloads"] = str(int(max_downloads))
-        response = await self._send(
-            "POST",
-            self._url("v1", "files"),
-            what="the upload",
-            headers=headers,
-            params=params,
-            body=body,
-            idempotent=False,
-            replayable=replayable,
-            # A wrong key or a size over the limit is refused before the
-            # body leaves.
-            expect100=True,
-        )
-        info = _file_info(await self._json(response, "the upload"))
+        bodies: list[AsyncGenerator[bytes, None]] = []
+
+        def each_try() -> object:
+            made = body()
+            assert isinstance(made, AsyncGenerator)
+            bodies.append(made)
+            return made
+
+        try:
+            response = await self._send(
+                "POST",
+                self._url("v1", "files"),
+                what="the upload",
+                headers=headers,
+                params=params,
+                body=each_try,
+                idempotent=False,
+                replayable=replayable,
+                # A wrong key or a size over the limit is refused before the
+                # body leaves.
+                expect100=True,
+            )
+            info = _file_info(await self._json(response, "the upload"))
+        finally:
+            # An answer that came before the whole body was sent (a refusal)
+            # leaves the body's generator suspended, with its file open.
+            for made in bodies:
+                with contextlib.suppress(RuntimeError):  # still being cancelled
+                    await made.aclose()
         ours = tally.digest.hexdigest()
         if info.sha256 != ours or info.size != tally.size:
             with contextlib.suppress(ClientError):
@@ -545,16 +579,16 @@ class AsyncClient:
             yield chunk
 
     @staticmethod
-    async def _file_body(path: Path, size: int, count: _Tally) -> AsyncIterator[bytes]:
+    async def _file_body(fh: Any, size: int, count: _Tally) -> AsyncIterator[bytes]:
+        await fh.seek(0)
         left = size
-        async with aiofiles.open(path, "rb") as fh:
-            while left > 0:
-                chunk = await fh.read(min(CHUNK, left))
-                if not chunk:
-                    raise _SourceChanged()
-                left -= len(chunk)
-                count(chunk)
-                yield chunk
+        while left > 0:
+            chunk = await fh.read(min(CHUNK, left))
+            if not chunk:
+                raise _SourceChanged()
+            left -= len(chunk)
+            count(chunk)
+            yield chunk
 
     @staticmethod
     async def _stream_body(source: AsyncIterable[bytes], count: _Tally) -> AsyncIterator[bytes]:

@@ -327,7 +327,7 @@ async def _upload(fs: AsyncClient, args: argparse.Namespace, out: Output) -> Non
     done: list[dict[str, Any]] = []
     out.emit({"files": done})
     for name in args.files:
-        bar = Bar(args.name or name, not (args.no_progress or args.quiet), out.err)
+        bar = Bar(args.name or name, not args.no_progress, out.err)
         try:
             if name == "-":
                 source: Any = _stdin_chunks()
