@@ -3,7 +3,9 @@
 Errors map to exit codes in one place (:func:`main`): 2 for a usage or
 configuration error, 75 (EX_TEMPFAIL) when a dependency is down, 1 otherwise.
 Messages go to stderr; the one thing a script needs (a new key) is printed
-alone on the last line of stdout.
+alone on the last line of stdout. The client commands (upload, download,
+info, delete, link, receipt, status) live in :mod:`filestore.client.cli`,
+with their own exit codes, listed there.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from filestore.api.access_log import AccessLogger
 from filestore.api.app import create_app
 from filestore.api.connections import GuardedSite
 from filestore.auth import create_key
+from filestore.client import cli as client_cli
 from filestore.clock import SystemClock
 from filestore.config import Settings
 from filestore.errors import ConfigError, FilestoreError, MetadataUnavailable, Unavailable
@@ -68,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     status_link.add_parser(sub)
 
     audit_cli.add_parser(sub)
+    client_cli.add_parsers(sub)
 
     database = sub.add_parser("db", help="the metadata database's schema")
     db_sub = database.add_subparsers(dest="db_command", required=True)
@@ -242,6 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "audit":
             return audit_cli.run(args, Settings)
+        if args.command in client_cli.COMMANDS:
+            # The client's own exit codes (filestore/client/cli.py).
+            return client_cli.run(args)
         settings = _settings(args)
         _setup_logging(settings.log_level, settings.log_format)
         if args.command == "serve":

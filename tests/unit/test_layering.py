@@ -185,6 +185,22 @@ LOWER_LAYERS = (
     "filestore.pipeline",
 )
 
+#: What ``filestore.client`` may reach in the repository: the audit library
+#: (it verifies receipts), the error and clock leaves, the package's version.
+CLIENT_MAY_REACH = ("filestore.client", "filestore.audit", "filestore.errors", "filestore.clock")
+#: Third-party packages only the server uses.
+SERVER_ONLY = AWS_SDK | DB_DRIVERS | {"alembic", "apscheduler", "prometheus_client"}
+
+
+def _client_bad(_module: str, target: str) -> bool:
+    """The client is light: aiohttp's client (never ``aiohttp.web``; the
+    spelling ``from aiohttp import web`` is caught at run time by
+    tests/integration/test_client.py), aiofiles, tqdm, and no server module."""
+    if _top(target) in PACKAGES:
+        return target != "filestore" and not any(_within(target, p) for p in CLIENT_MAY_REACH)
+    return _within(target, "aiohttp.web") or _top(target) in SERVER_ONLY
+
+
 RULES = (
     Rule(
         "crypto and audit need only stdlib, cryptography, errors, clock",
@@ -222,6 +238,12 @@ RULES = (
         "filestore/errors.py imports nothing from filestore or aiohttp",
         lambda m: m == "filestore.errors",
         lambda _m, t: _top(t) in ("filestore", "scheduler", "aiohttp"),
+    ),
+    Rule(
+        "filestore.client reaches no server module (api, metadata, storage, scheduler, …)",
+        lambda m: _within(m, "filestore.client"),
+        _client_bad,
+        transitive=True,
     ),
 )
 
@@ -320,11 +342,14 @@ def test_the_rules_catch_what_they_should(tmp_path: Path) -> None:
             "filestore/lifecycle.py": "from filestore.api.app import web\n",
             "scheduler/__init__.py": "",
             "scheduler/jobs.py": "from filestore import helpers\n",
+            "filestore/client/__init__.py": "import aiohttp\nfrom filestore import errors\n",
+            "filestore/client/aio.py": "from filestore.audit import log\nimport aiohttp.web\n",
+            "filestore/client/cli.py": "from filestore.storage import s3\n",
         },
     )
     fake = build_graph(tmp_path)
     found = {rule.name: violations(fake, rule) for rule in RULES}
-    crypto, aws, db, raw, sched, lower, errors = (found[r.name] for r in RULES)
+    crypto, aws, db, raw, sched, lower, errors, client = (found[r.name] for r in RULES)
     assert sorted(crypto) == [
         "filestore/audit/log.py:2: filestore.audit.log imports yaml",
         "filestore/crypto/inner.py:4: filestore.crypto.inner imports filestore.helpers",
@@ -339,3 +364,7 @@ def test_the_rules_catch_what_they_should(tmp_path: Path) -> None:
     assert any(line.startswith("filestore/lifecycle.py:1:") for line in lower)
     assert any("filestore.crypto.inner -> filestore.helpers" in line for line in lower)
     assert errors == ["filestore/errors.py:1: filestore.errors imports filestore.clock"]
+    assert "filestore/client/aio.py:2: filestore.client.aio imports aiohttp.web" in client
+    assert "filestore/client/cli.py:1: filestore.client.cli imports filestore.storage.s3" in client
+    assert any("reaches boto3" in line and "filestore.storage.s3" in line for line in client)
+    assert not any(line.startswith("filestore/client/__init__.py") for line in client)
