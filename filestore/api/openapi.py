@@ -1,7 +1,11 @@
 """The OpenAPI 3.1 description of every route, served at ``/openapi.json``.
 
-Kept as data next to the handlers; a test checks that every registered route
-is described here and nothing else is.
+Kept as data next to the handlers. ``tests/unit/test_openapi_spec.py``
+validates it against the OpenAPI 3.1 schema and checks that every registered
+route is described here and nothing else is; ``tests/fuzz/test_schemathesis.py``
+holds the gateway to it: every parameter schema states what the handler
+accepts (no more, no less, where JSON Schema can say it), and every status,
+content type and body the handler can answer is listed.
 """
 
 from __future__ import annotations
@@ -26,6 +30,65 @@ _ERRORS = {
     "404": _PROBLEM,
     "503": _PROBLEM,
 }
+#: A duration as ``config.parse_duration`` reads it: a plain number of
+#: seconds, or numbers that each carry a unit (``23h58m``).
+_DURATION = {
+    "type": "string",
+    "pattern": r"^([0-9]+(\.[0-9]+)?|([0-9]+(\.[0-9]+)?[smhd])+)$",
+    "maxLength": 64,
+}
+#: A file name as ``api.uploads.validate_filename`` accepts it: no path
+#: separators or control characters (C0, DEL, C1), not "." or ".."; at most
+#: 255 bytes of UTF-8 (JSON Schema counts characters, so maxLength is only the
+#: bound for ASCII names).
+_NAME_CHAR = r"[^/\\\x00-\x1f\x7f-\x9f]"
+_FIRST_CHAR = r"[^./\\\x00-\x1f\x7f-\x9f]"
+_FILENAME = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 255,
+    "pattern": rf"^({_FIRST_CHAR}{_NAME_CHAR}*|\.{_FIRST_CHAR}{_NAME_CHAR}*|\.\.{_NAME_CHAR}+)$",
+}
+#: The name of a form field other than the file: no control characters (a
+#: part header cannot carry them; tab is allowed) and at most one ';' (see the
+#: multipart body below).
+_FIELD_CHAR = r"[^\x00-\x08\x0a-\x1f\x7f;]"
+_FIELD_NAME = rf"^{_FIELD_CHAR}*(;{_FIELD_CHAR}*)?$"
+#: A time bound as ``clock.parse_time`` reads it: an RFC 3339 time with a
+#: zone, or Unix seconds, from 1970 up to (not including) 10^11 seconds (the
+#: year pattern keeps RFC 3339 times inside that range); or empty, for none.
+_TIME = {
+    "type": "string",
+    "anyOf": [
+        {"format": "date-time", "pattern": "^(197[1-9]|19[89][0-9]|[2-4][0-9]{3})-"},
+        {"pattern": r"^[0-9]{1,10}(\.[0-9]{1,6})?$"},
+        {"maxLength": 0},
+    ],
+}
+_JSON_OBJECT = {"application/json": {"schema": {"type": "object"}}}
+_TEXT = {"text/plain": {"schema": {"type": "string"}}}
+_FILE_HEADERS = {
+    "ETag": {"schema": {"type": "string"}, "required": True},
+    "Content-Disposition": {"schema": {"type": "string"}, "required": True},
+    "Expires": {"schema": {"type": "string"}, "required": True},
+    "X-Expires-At": {"schema": {"type": "string", "format": "date-time"}, "required": True},
+    "X-Checksum-SHA256": {
+        "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "required": True,
+    },
+    "Last-Modified": {"schema": {"type": "string"}, "required": True},
+}
+#: A signed link's query parameters, copied from the link as they are. Opaque
+#: on purpose: a link that is malformed, forged or expired is answered like a
+#: missing file (404), never 400, so it cannot probe which files exist; with
+#: an API key they are not looked at.
+_LINK_PARAMS = (
+    {"name": "expires", "in": "query", "schema": {"type": "string"}},
+    {"name": "signature", "in": "query", "schema": {"type": "string"}},
+)
+#: Where a file id in an answer leads (OpenAPI links, followed by stateful
+#: fuzzing): what can be done next with the file.
+_NEXT_FOR_FILE = ("downloadFile", "headFile", "createLink", "deleteFile", "getReceipt")
 
 
 def _with_errors(responses: dict[str, Any], *extra: str) -> dict[str, Any]:
@@ -33,6 +96,13 @@ def _with_errors(responses: dict[str, Any], *extra: str) -> dict[str, Any]:
     for code in (*_ERRORS, *extra):
         out.setdefault(code, _PROBLEM)
     return out
+
+
+def _links(expression: str, *operations: str) -> dict[str, Any]:
+    return {
+        op[0].upper() + op[1:]: {"operationId": op, "parameters": {"id": expression}}
+        for op in operations
+    }
 
 
 def openapi_document() -> dict[str, Any]:
@@ -63,7 +133,7 @@ def openapi_document() -> dict[str, Any]:
                     "type": "object",
                     "required": ["id", "size", "sha256", "created_at", "expires_at", "url"],
                     "properties": {
-                        "id": {"type": "string"},
+                        "id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{22}$"},
                         "size": {"type": "integer", "minimum": 0},
                         "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                         "created_at": {"type": "string", "format": "date-time"},
@@ -72,6 +142,20 @@ def openapi_document() -> dict[str, Any]:
                         "content_type": {"type": ["string", "null"]},
                         "max_downloads": {"type": ["integer", "null"]},
                         "url": {"type": "string"},
+                    },
+                },
+                "Receipt": {
+                    "type": "object",
+                    "required": ["format", "record", "tree_size", "proof", "checkpoint"],
+                    "properties": {
+                        "format": {"const": "filestore-audit-receipt/1"},
+                        "record": {"type": "object"},
+                        "tree_size": {"type": "integer", "minimum": 1},
+                        "proof": {
+                            "type": "array",
+                            "items": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                        },
+                        "checkpoint": {"type": "string"},
                     },
                 },
             },
@@ -90,36 +174,48 @@ def openapi_document() -> dict[str, Any]:
         "paths": {
             "/v1/files": {
                 "post": {
+                    "operationId": "uploadFile",
                     "summary": "Upload a file (raw body or multipart/form-data), streamed.",
+                    "description": "A form's first part with a file name is the file; "
+                    "other fields are read and discarded (at most 32 after the file).",
                     "parameters": [
                         {
                             "name": "ttl",
                             "in": "query",
-                            "description": "Lifetime: seconds, or a number with s, m or h; "
-                            "at most the server's max TTL.",
-                            "schema": {"type": "string", "pattern": r"^(\d+(\.\d+)?[smhd]?)+$"},
+                            "description": "Lifetime: seconds, or numbers with s, m, h or d "
+                            "(23h58m); more than 0 and at most the server's max TTL.",
+                            "schema": _DURATION,
                         },
                         {
                             "name": "filename",
                             "in": "query",
-                            "schema": {"type": "string", "maxLength": 255},
+                            "description": "The file's name, a label, never a path: "
+                            "at most 255 bytes of UTF-8. Overrides a Content-Disposition "
+                            "header and a form part's file name.",
+                            "schema": _FILENAME,
                         },
                         {
                             "name": "max_downloads",
                             "in": "query",
-                            "schema": {"type": "integer", "minimum": 1},
+                            "description": "Delete the file after this many downloads.",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 999_999_999},
                         },
                         {
                             "name": "Content-Digest",
                             "in": "header",
-                            "description": "Expected checksum, sha-256=:BASE64: (RFC 9530).",
-                            "schema": {"type": "string"},
+                            "description": "Expected checksum, sha-256=:BASE64: (RFC 9530); "
+                            "422 if the body differs.",
+                            "schema": {
+                                "type": "string",
+                                "pattern": "^sha-256=:[A-Za-z0-9+/]{43}=:$",
+                            },
                         },
                         {
                             "name": "X-Checksum-SHA256",
                             "in": "header",
-                            "description": "Expected checksum as 64 hex characters.",
-                            "schema": {"type": "string"},
+                            "description": "Expected checksum as 64 hex characters; "
+                            "422 if the body differs.",
+                            "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
                         },
                     ],
                     "requestBody": {
@@ -131,8 +227,17 @@ def openapi_document() -> dict[str, Any]:
                             "multipart/form-data": {
                                 "schema": {
                                     "type": "object",
+                                    "required": ["file"],
                                     "properties": {"file": {"type": "string", "format": "binary"}},
-                                }
+                                    # Other fields are read and discarded: at most 32 of
+                                    # them, named without control characters (which no
+                                    # part header may carry) and with at most one ';'
+                                    # (aiohttp's Content-Disposition parser refuses a
+                                    # quoted value with two).
+                                    "maxProperties": 33,
+                                    "propertyNames": {"pattern": _FIELD_NAME},
+                                },
+                                "encoding": {"file": {"contentType": "application/octet-stream"}},
                             },
                         },
                     },
@@ -140,16 +245,20 @@ def openapi_document() -> dict[str, Any]:
                         {
                             "201": {
                                 "description": "Stored.",
-                                "headers": {"Location": {"schema": {"type": "string"}}},
+                                "headers": {
+                                    "Location": {"schema": {"type": "string"}, "required": True}
+                                },
                                 "content": {
                                     "application/json": {
                                         "schema": {"$ref": "#/components/schemas/File"}
                                     }
                                 },
+                                "links": _links("$response.body#/id", *_NEXT_FOR_FILE),
                             }
                         },
                         "408",
                         "413",
+                        "415",
                         "422",
                     ),
                 }
@@ -157,13 +266,13 @@ def openapi_document() -> dict[str, Any]:
             "/v1/files/{id}": {
                 "parameters": [_ID_PARAM],
                 "get": {
+                    "operationId": "downloadFile",
                     "summary": "Stream the plaintext; a single Range is honoured.",
                     "description": "Authorised by an API key, or by a signed link's "
                     "expires and signature query parameters.",
                     "security": [{"bearer": []}, {}],
                     "parameters": [
-                        {"name": "expires", "in": "query", "schema": {"type": "integer"}},
-                        {"name": "signature", "in": "query", "schema": {"type": "string"}},
+                        *_LINK_PARAMS,
                         {"name": "Range", "in": "header", "schema": {"type": "string"}},
                         {"name": "If-Range", "in": "header", "schema": {"type": "string"}},
                         {
@@ -175,14 +284,22 @@ def openapi_document() -> dict[str, Any]:
                     "responses": _with_errors(
                         {
                             "200": {
-                                "description": "The whole file.",
-                                "content": {
-                                    "application/octet-stream": {
-                                        "schema": {"type": "string", "format": "binary"}
-                                    }
-                                },
+                                "description": "The whole file, as the content type it "
+                                "was stored with (application/octet-stream if none).",
+                                "headers": _FILE_HEADERS,
+                                "content": {"*/*": {"schema": {"type": "string"}}},
                             },
-                            "206": {"description": "The requested range."},
+                            "206": {
+                                "description": "The requested range.",
+                                "headers": {
+                                    **_FILE_HEADERS,
+                                    "Content-Range": {
+                                        "schema": {"type": "string"},
+                                        "required": True,
+                                    },
+                                },
+                                "content": {"*/*": {"schema": {"type": "string"}}},
+                            },
                             "304": {"description": "Not modified."},
                         },
                         "410",
@@ -190,15 +307,25 @@ def openapi_document() -> dict[str, Any]:
                     ),
                 },
                 "head": {
+                    "operationId": "headFile",
                     "summary": "The file's metadata in headers.",
                     "security": [{"bearer": []}, {}],
-                    "responses": _with_errors({"200": {"description": "Metadata."}}, "410"),
+                    "parameters": [
+                        *_LINK_PARAMS,
+                    ],
+                    "responses": _with_errors(
+                        {"200": {"description": "Metadata.", "headers": _FILE_HEADERS}}, "410"
+                    ),
                 },
                 "delete": {
+                    "operationId": "deleteFile",
                     "summary": "Delete early: crypto-erase, blob removal, tombstone.",
                     "responses": _with_errors(
                         {
-                            "204": {"description": "Deleted."},
+                            "204": {
+                                "description": "Deleted.",
+                                "links": _links("$request.path.id", "getReceipt", "downloadFile"),
+                            },
                             "202": {"description": "Another worker is deleting it."},
                         },
                         "410",
@@ -208,12 +335,15 @@ def openapi_document() -> dict[str, Any]:
             "/v1/files/{id}/links": {
                 "parameters": [_ID_PARAM],
                 "post": {
+                    "operationId": "createLink",
                     "summary": "A signed download URL, valid at most as long as the file.",
                     "parameters": [
                         {
                             "name": "ttl",
                             "in": "query",
-                            "schema": {"type": "string", "pattern": r"^(\d+(\.\d+)?[smhd]?)+$"},
+                            "description": "How long the link is valid: more than 0; "
+                            "never past the file's expiry.",
+                            "schema": _DURATION,
                         }
                     ],
                     "responses": _with_errors(
@@ -244,40 +374,76 @@ def openapi_document() -> dict[str, Any]:
             "/v1/files/{id}/receipt": {
                 "parameters": [_ID_PARAM],
                 "get": {
+                    "operationId": "getReceipt",
                     "summary": "The signed deletion receipt of a purged file: its audit "
                     "record, Merkle inclusion proof and covering checkpoint.",
                     "responses": _with_errors(
-                        {"200": {"description": "The receipt (JSON)."}}, "409"
+                        {
+                            "200": {
+                                "description": "The receipt.",
+                                "content": {
+                                    "application/json": {
+                                        "schema": {"$ref": "#/components/schemas/Receipt"}
+                                    }
+                                },
+                            }
+                        },
+                        "409",
                     ),
                 },
             },
             "/v1/purge/status": {
                 "get": {
+                    "operationId": "purgeStatus",
                     "summary": "Purge scheduler state, backlog, overdue times, failures, "
                     "health (operator).",
-                    "responses": _with_errors({"200": {"description": "Status (JSON)."}}),
+                    "responses": _with_errors(
+                        {"200": {"description": "Status.", "content": _JSON_OBJECT}}
+                    ),
                 }
             },
             "/v1/cluster/join": {
                 "post": {
+                    "operationId": "clusterJoin",
                     "summary": "Hand the ratchet key schedule to a joining instance "
-                    "(instances only; authenticated by the cluster secret in the body).",
+                    "(instances only; authenticated by the cluster secret in the body, "
+                    "not by an API key). 404 unless this instance runs the ratchet.",
+                    "security": [],
                     "requestBody": {
-                        "content": {"application/octet-stream": {"schema": {"type": "string"}}}
+                        "content": {
+                            "application/octet-stream": {
+                                "schema": {"type": "string", "format": "binary"}
+                            }
+                        }
                     },
-                    "responses": _with_errors(
-                        {"200": {"description": "The encrypted, authenticated answer."}}
-                    ),
+                    "responses": {
+                        "200": {
+                            "description": "The encrypted, authenticated answer.",
+                            "content": {
+                                "application/octet-stream": {
+                                    "schema": {"type": "string", "format": "binary"}
+                                }
+                            },
+                        },
+                        "400": _PROBLEM,
+                        "401": _PROBLEM,
+                        "404": _PROBLEM,
+                        "503": _PROBLEM,
+                    },
                 }
             },
             "/v1/purge/run": {
                 "post": {
+                    "operationId": "purgeRun",
                     "summary": "Run a purge pass now and return its report (operator).",
-                    "responses": _with_errors({"200": {"description": "The pass report."}}),
+                    "responses": _with_errors(
+                        {"200": {"description": "The pass report.", "content": _JSON_OBJECT}}
+                    ),
                 }
             },
             "/v1/audit/deletions": {
                 "get": {
+                    "operationId": "auditDeletions",
                     "summary": "Export the deletion log (auditor), streamed.",
                     "parameters": [
                         {
@@ -288,27 +454,38 @@ def openapi_document() -> dict[str, Any]:
                         {
                             "name": "since",
                             "in": "query",
-                            "description": "RFC 3339 time or Unix seconds, inclusive.",
-                            "schema": {"type": "string"},
+                            "description": "RFC 3339 time with a zone, or Unix seconds; "
+                            "inclusive. Empty means no bound.",
+                            "schema": _TIME,
                         },
                         {
                             "name": "until",
                             "in": "query",
-                            "description": "RFC 3339 time or Unix seconds, exclusive.",
-                            "schema": {"type": "string"},
+                            "description": "RFC 3339 time with a zone, or Unix seconds; "
+                            "exclusive. Empty means no bound.",
+                            "schema": _TIME,
                         },
                         {
                             "name": "consistency_from",
                             "in": "query",
-                            "description": "Tree size of a checkpoint the auditor kept; the "
-                            "export then proves it consistent with the newest one.",
-                            "schema": {"type": "integer", "minimum": 0},
+                            "description": "Tree size of a checkpoint the auditor kept, at "
+                            "most the newest checkpoint's; the export then proves it "
+                            "consistent with the newest one.",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 0,
+                                "maximum": 999_999_999_999_999_999,
+                            },
                         },
                     ],
                     "responses": _with_errors(
                         {
                             "200": {
-                                "description": "JSONL (application/x-ndjson) or CSV.",
+                                "description": "JSONL (verifiable) or CSV.",
+                                "content": {
+                                    "application/x-ndjson": {"schema": {"type": "string"}},
+                                    "text/csv": {"schema": {"type": "string"}},
+                                },
                             }
                         }
                     ),
@@ -316,12 +493,17 @@ def openapi_document() -> dict[str, Any]:
             },
             "/v1/audit/checkpoint": {
                 "get": {
-                    "summary": "The newest signed checkpoint (a C2SP signed note).",
-                    "responses": _with_errors({"200": {"description": "text/plain note."}}),
+                    "operationId": "auditCheckpoint",
+                    "summary": "The newest signed checkpoint (a C2SP signed note); 404 "
+                    "before the first one is written.",
+                    "responses": _with_errors(
+                        {"200": {"description": "The signed note.", "content": _TEXT}}
+                    ),
                 }
             },
             "/v1/audit/public-key": {
                 "get": {
+                    "operationId": "auditPublicKey",
                     "summary": "The audit log's Ed25519 public key (PEM; "
                     "format=vkey for a C2SP verifier key).",
                     "security": [],
@@ -332,38 +514,57 @@ def openapi_document() -> dict[str, Any]:
                             "schema": {"type": "string", "enum": ["pem", "vkey"]},
                         }
                     ],
-                    "responses": {"200": {"description": "The key."}},
+                    "responses": {
+                        "200": {
+                            "description": "The key.",
+                            "content": {
+                                "application/x-pem-file": {"schema": {"type": "string"}},
+                                **_TEXT,
+                            },
+                        },
+                        "400": _PROBLEM,
+                    },
                 }
             },
             "/metrics": {
                 "get": {
+                    "operationId": "metrics",
                     "summary": "Prometheus metrics (text format 1.0.0, prometheus_client).",
                     "security": [],
-                    "responses": {"200": {"description": "Metrics."}},
+                    "responses": {"200": {"description": "Metrics.", "content": _TEXT}},
                 }
             },
             "/healthz": {
                 "get": {
+                    "operationId": "healthz",
                     "summary": "Liveness.",
                     "security": [],
-                    "responses": {"200": {"description": "Serving."}},
+                    "responses": {"200": {"description": "Serving.", "content": _JSON_OBJECT}},
                 }
             },
             "/readyz": {
                 "get": {
+                    "operationId": "readyz",
                     "summary": "Readiness: database and storage reachable.",
                     "security": [],
                     "responses": {
-                        "200": {"description": "Ready."},
-                        "503": {"description": "A dependency is failing."},
+                        "200": {"description": "Ready.", "content": _JSON_OBJECT},
+                        "503": {
+                            "description": "A dependency is failing (the same JSON, "
+                            "not a problem).",
+                            "content": _JSON_OBJECT,
+                        },
                     },
                 }
             },
             "/openapi.json": {
                 "get": {
+                    "operationId": "openapi",
                     "summary": "This document.",
                     "security": [],
-                    "responses": {"200": {"description": "OpenAPI 3.1 document."}},
+                    "responses": {
+                        "200": {"description": "OpenAPI 3.1 document.", "content": _JSON_OBJECT}
+                    },
                 }
             },
             **_status_page_paths(),
