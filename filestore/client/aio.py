@@ -471,7 +471,7 @@ class AsyncClient:
     ) -> FileInfo:
         headers: dict[str, str] = {}
         tally = _Tally(progress)
-        body: Callable[[], object]
+        body: Callable[[], AsyncGenerator[bytes, None]]
         size: int | None
         digest: str | None
         replayable = True
@@ -479,7 +479,7 @@ class AsyncClient:
             data = bytes(source)
             size, digest = len(data), hashlib.sha256(data).hexdigest()
 
-            def body() -> object:
+            def body() -> AsyncGenerator[bytes, None]:
                 return self._bytes_body(data, tally.restart())
 
         elif isinstance(source, str | os.PathLike):
@@ -493,14 +493,14 @@ class AsyncClient:
             # aiohttp left the body's generator in.
             opened = await resources.enter_async_context(aiofiles.open(path, "rb"))
 
-            def body() -> object:
+            def body() -> AsyncGenerator[bytes, None]:
                 return self._file_body(opened, file_size, tally.restart())
 
         else:
             size, digest, replayable = None, None, False
             iterable = source
 
-            def body() -> object:
+            def body() -> AsyncGenerator[bytes, None]:
                 return self._stream_body(iterable, tally.restart())
 
         if digest is not None and sha256 is not None and digest != sha256:
@@ -525,7 +525,6 @@ class AsyncClient:
 
         def each_try() -> object:
             made = body()
-            assert isinstance(made, AsyncGenerator)
             bodies.append(made)
             return made
 
@@ -546,7 +545,7 @@ class AsyncClient:
             info = _file_info(await self._json(response, "the upload"))
         finally:
             # An answer that came before the whole body was sent (a refusal)
-            # leaves the body's generator suspended, with its file open.
+            # leaves the body's generator suspended: end it.
             for made in bodies:
                 with contextlib.suppress(RuntimeError):  # still being cancelled
                     await made.aclose()
@@ -571,7 +570,7 @@ class AsyncClient:
         return size, digest.hexdigest()
 
     @staticmethod
-    async def _bytes_body(data: bytes, count: _Tally) -> AsyncIterator[bytes]:
+    async def _bytes_body(data: bytes, count: _Tally) -> AsyncGenerator[bytes, None]:
         view = memoryview(data)
         for start in range(0, len(data), CHUNK):
             chunk = bytes(view[start : start + CHUNK])
@@ -579,7 +578,7 @@ class AsyncClient:
             yield chunk
 
     @staticmethod
-    async def _file_body(fh: Any, size: int, count: _Tally) -> AsyncIterator[bytes]:
+    async def _file_body(fh: Any, size: int, count: _Tally) -> AsyncGenerator[bytes, None]:
         await fh.seek(0)
         left = size
         while left > 0:
@@ -591,7 +590,9 @@ class AsyncClient:
             yield chunk
 
     @staticmethod
-    async def _stream_body(source: AsyncIterable[bytes], count: _Tally) -> AsyncIterator[bytes]:
+    async def _stream_body(
+        source: AsyncIterable[bytes], count: _Tally
+    ) -> AsyncGenerator[bytes, None]:
         async for piece in source:
             if not isinstance(piece, bytes | bytearray | memoryview):
                 raise TypeError("an upload stream must yield bytes")

@@ -43,8 +43,7 @@ async def _from_iterable(source: Iterable[bytes] | BinaryIO) -> AsyncIterator[by
             yield chunk
         return
     iterator = iter(source)
-    done = object()
-    while (chunk := await asyncio.to_thread(next, iterator, done)) is not done:
+    while (chunk := await asyncio.to_thread(next, iterator, None)) is not None:
         yield chunk
 
 
