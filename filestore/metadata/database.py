@@ -114,9 +114,6 @@ class SQLiteDatabase(Database):
         self.path = path
         self._busy_timeout = busy_timeout
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="filestore-sqlite")
-        # The WAL truncation runs on a connection and thread of its own, so a
-        # reader outside filestore that pins the WAL never stalls requests.
-        self._reclaimer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="filestore-wal")
         self.engine = sa.create_engine(
             f"sqlite:///{path}",
             poolclass=sa.pool.StaticPool,
@@ -199,28 +196,34 @@ class SQLiteDatabase(Database):
         """Checkpoint and truncate the WAL, where deleted key cells linger in
         old frames. Tries a few times without waiting on readers; a reader
         that keeps the WAL pinned (a backup, a ``sqlite3`` shell) is reported,
-        not waited for."""
+        not waited for.
+
+        It runs on the database thread, between transactions: filestore's own
+        reads then never pin the WAL against it (on a thread of its own it
+        lost to them under load, paid the pauses on every DELETE and blamed
+        "a reader outside filestore"), and with no busy timeout a pinned WAL
+        costs one failed attempt, not a wait."""
         for attempt in range(RECLAIM_ATTEMPTS):
             if attempt:
                 await asyncio.sleep(RECLAIM_PAUSE * attempt)
-            if await self._call(self._truncate_wal, self._reclaimer):
+            if await self._call(self._truncate_wal):
                 return ReclaimReport(complete=True)
         log.warning("the SQLite WAL could not be truncated: a reader outside filestore holds it")
         return ReclaimReport(complete=False, blocked_by="wal_busy")
 
     def _truncate_wal(self) -> bool:
-        try:
-            conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
-        except sqlite3.Error:
+        if self._conn is None:
             return False
+        raw = self._conn.connection.dbapi_connection
+        assert raw is not None
+        raw.execute("PRAGMA busy_timeout=0")
         try:
-            conn.execute("PRAGMA busy_timeout=0")
-            busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            busy, _log, _done = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             return bool(busy == 0)
         except sqlite3.Error:
             return False
         finally:
-            conn.close()
+            raw.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
 
     async def close(self) -> None:
         """Close the connection and stop the threads; safe to call twice."""
@@ -236,7 +239,6 @@ class SQLiteDatabase(Database):
 
         await asyncio.get_running_loop().run_in_executor(self._executor, fn)
         self._executor.shutdown(wait=True)
-        self._reclaimer.shutdown(wait=True)
 
 
 def _sqlite_begin(conn: sa.Connection) -> None:
