@@ -71,6 +71,7 @@ class MetricsSnapshot:
     sweep_failures_total: int
     keks_held_back: int
     keks_forced_total: int
+    purge_overruns_total: int
     max_overdue_24h: float
     version: str = field(default=__version__)
 
@@ -111,6 +112,7 @@ class MetricsSnapshot:
             sweep_failures_total=status.sweep_failed_total,
             keks_held_back=len(status.kek_held_back),
             keks_forced_total=status.kek_forced_total,
+            purge_overruns_total=status.overrun_total,
             max_overdue_24h=status.max_overdue_24h(now),
         )
 
@@ -257,6 +259,11 @@ def families(snap: MetricsSnapshot) -> Iterator[Metric]:
         "KEKs destroyed at their deadline whose settlement (audit record, hand-over "
         "of files still wrapped under them) waits for the database.",
         snap.keks_held_back,
+    )
+    yield _counter(
+        "filestore_purge_overruns_total",
+        "Purge passes that took longer than PURGE_INTERVAL (the next one ran at once).",
+        snap.purge_overruns_total,
     )
     yield _counter(
         "filestore_kek_forced_destructions_total",

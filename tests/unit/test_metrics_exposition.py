@@ -48,6 +48,7 @@ def _status() -> PurgeStatus:
     status.sweep_failed_total = 2
     status.kek_held_back = [4, 5]
     status.kek_forced_total = 3
+    status.overrun_total = 4
     status.reclaim_blocked = "wal_busy"
     status.reclaim_blocked_total = 11
     return status
@@ -123,6 +124,7 @@ def test_every_figure_reads_back_exactly() -> None:
         ("filestore_sweep_failures_total", frozenset()): 2,
         ("filestore_kek_destruction_held_back", frozenset()): 2,
         ("filestore_kek_forced_destructions_total", frozenset()): 3,
+        ("filestore_purge_overruns_total", frozenset()): 4,
         ("filestore_purge_max_overdue_seconds_24h", frozenset()): 61.125,
     }
     # Counters are typed as such (the parser names a counter's family
@@ -136,6 +138,7 @@ def test_every_figure_reads_back_exactly() -> None:
         "filestore_orphans_removed",
         "filestore_sweep_failures",
         "filestore_kek_forced_destructions",
+        "filestore_purge_overruns",
     }
     assert all(t == "gauge" for n, t in exp.types.items() if n not in counters)
     # The old hand-written exposition's names, HELP and TYPE lines stay.
