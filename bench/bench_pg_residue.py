@@ -62,8 +62,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from bench._report import command_line
-from filestore.crypto.keyring import WRAPPED_SIZE
 from filestore.crypto.sealed import seal_fields
+from filestore.crypto.wrapping import WRAPPED_SIZE
 from filestore.metadata.base import DeleteReason, FileKey, FileRecord, FileState
 from filestore.metadata.sql import SQLMetadataStore
 from tests.support.postgres import PostgresServer
