@@ -37,8 +37,7 @@ import aiohttp
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # for tests.support.seaweed
 
-from bench_gateway import Server, free_port, peak_rss_mib, rss_mib  # noqa: E402
-
+from bench.bench_gateway import Server, free_port, peak_rss_mib, rss_mib  # noqa: E402
 from tests.support.seaweed import SeaweedServer  # noqa: E402
 
 MIB = 1 << 20
