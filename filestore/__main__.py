@@ -1,5 +1,5 @@
 """``python -m filestore`` is the ``filestore`` command."""
 
-from filestore.cli import main
+from filestore.entry import main
 
 raise SystemExit(main())
