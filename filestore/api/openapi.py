@@ -260,6 +260,7 @@ def openapi_document() -> dict[str, Any]:
                         "413",
                         "415",
                         "422",
+                        "507",
                     ),
                 }
             },
