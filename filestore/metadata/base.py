@@ -340,7 +340,9 @@ class AuditStore(Protocol):
     async def checkpoints_between(self, low: int, high: int) -> list[str]:
         """The newest signed note for each tree size in ``[low, high]``."""
 
-    async def add_checkpoint(self, size: int, note: str, now: float) -> None: ...
+    async def add_checkpoint(self, size: int, note: str, now: float) -> None:
+        """Store a signed note; it replaces any older one of the same tree
+        size, so the table holds one checkpoint per size, the newest."""
 
     async def latest_checkpoint(self) -> tuple[int, str] | None:
         """The newest checkpoint's tree size and signed note."""

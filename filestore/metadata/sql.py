@@ -670,7 +670,18 @@ class SQLAuditStore(_Part):
 
     async def add_checkpoint(self, size: int, note: str, now: float) -> None:
         def fn(conn: sa.Connection) -> None:
-            conn.execute(audit_checkpoints.insert().values(size=size, created_at=now, note=note))
+            new_id = conn.execute(
+                audit_checkpoints.insert()
+                .values(size=size, created_at=now, note=note)
+                .returning(audit_checkpoints.c.id)
+            ).scalar_one()
+            # One checkpoint per tree size, the newest: a quiet log signed
+            # every pass would otherwise keep a row per pass without bound.
+            conn.execute(
+                audit_checkpoints.delete().where(
+                    audit_checkpoints.c.size == size, audit_checkpoints.c.id < new_id
+                )
+            )
 
         await self._write(fn)
 

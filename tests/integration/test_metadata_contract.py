@@ -256,8 +256,13 @@ async def test_audit_chain_and_checkpoints(store: MetadataStore) -> None:
     await store.audit.add_checkpoint(4, "note-4a", NOW)
     await store.audit.add_checkpoint(4, "note-4b", NOW + 1)
     assert await store.audit.latest_checkpoint() == (4, "note-4b")
-    assert await store.audit.checkpoint_covering(3) == (4, "note-4a")
+    # One checkpoint per size, the newest: a quiet log does not grow the table.
+    assert await store.audit.checkpoint_covering(3) == (4, "note-4b")
     assert await store.audit.checkpoints_between(0, 4) == ["note-2", "note-4b"]
+    for n in range(5):
+        await store.audit.add_checkpoint(4, f"note-4-{n}", NOW + 2 + n)
+    assert await db.scalar(store, "SELECT count(*) FROM audit_checkpoints") == 2
+    assert await store.audit.latest_checkpoint() == (4, "note-4-4")
     assert await store.files.count_keys(1) == 0
 
 
