@@ -98,6 +98,8 @@ async def manage_keys(
         await _forget(keyring, kek_id)
         if remaining:
             report.forced.append(kek_id)
+    if report.held_back:
+        return report  # the database is not answering: the rest waits too
     report.rewrapped = await rewrap_legacy_keys(keyring, metadata)
     await check_commitment(keyring, metadata.cluster, eraser.clock.now())
     return report
