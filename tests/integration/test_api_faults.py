@@ -37,7 +37,7 @@ from filestore.crypto import CHUNK_SIZE, ENC_CHUNK_SIZE, PREFIX_SIZE, chunk_span
 from filestore.errors import MetadataUnavailable
 from filestore.metadata.base import Role
 from filestore.services import open_services
-from tests.support import db
+from tests.support import db, hostile
 from tests.support.db import MetadataBackend
 from tests.support.gateway import Gateway, running_gateway
 from tests.support.postgres import PostgresServer, PostgresUnavailable
@@ -159,20 +159,6 @@ def faulty_os(monkeypatch: pytest.MonkeyPatch) -> FaultyOS:
 
 
 # ------------------------------------------------------------- raw HTTP/1.1
-class RawHeaders(dict[str, str]):
-    """A raw response's headers, looked up case-insensitively."""
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return super().get(key.lower(), default)
-
-
-@dataclass
-class RawResponse:
-    status: int
-    headers: RawHeaders
-    body: bytes
-
-
 @contextlib.asynccontextmanager
 async def raw_connection(
     gw: Gateway,
@@ -188,27 +174,11 @@ async def raw_connection(
             await writer.wait_closed()
 
 
-async def read_response(reader: asyncio.StreamReader) -> RawResponse:
-    """One HTTP/1.1 response, read within :data:`WAIT` seconds."""
-    async with asyncio.timeout(WAIT):
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-        status_line, *lines = head.split("\r\n")
-        headers = RawHeaders()
-        for line in lines:
-            if line:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-        if "content-length" in headers:
-            body = await reader.readexactly(int(headers["content-length"]))
-        elif headers.get("transfer-encoding", "").lower() == "chunked":
-            body = b""
-            while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
-                body += await reader.readexactly(size)
-                await reader.readexactly(2)
-            await reader.readuntil(b"\r\n")
-        else:
-            body = await reader.read()
-    return RawResponse(int(status_line.split()[1]), headers, body)
+async def read_response(reader: asyncio.StreamReader) -> hostile.Answer:
+    """One HTTP/1.1 response, read within a bounded wait."""
+    resp = await hostile.read_answer(reader)
+    assert resp is not None, "the server closed the connection without an answer"
+    return resp
 
 
 def upload_head(key: str, *, content_type: str, length: int | None) -> bytes:
