@@ -167,9 +167,11 @@ class Uploads:
         pending: list[bytes] = []
         pending_size = 0
         sealing: asyncio.Future[bytes | bytearray] | None = None
+        # The header goes out with the first batch: one write fewer, which
+        # for a small file is a third of its trips to the storage threads.
+        prefix: bytes | None = encryptor.prefix()
         writer = await self.blobs.create(ids.blob_name(file_id))
         try:
-            await writer.write(encryptor.prefix())
             async for piece in body:
                 size += len(piece)
                 if size > limit:
@@ -179,12 +181,15 @@ class Uploads:
                 if pending_size >= batch:
                     if sealing is not None:
                         await writer.write(await sealing)
+                    elif prefix is not None:
+                        await writer.write(prefix)
+                        prefix = None
                     sealing = loop.run_in_executor(None, seal, pending)
                     pending, pending_size = [], 0
             if sealing is not None:
                 await writer.write(await sealing)
                 sealing = None
-            await writer.write(bytes(seal(pending)) + encryptor.finalize())
+            await writer.write((prefix or b"") + bytes(seal(pending)) + encryptor.finalize())
             await writer.commit()
         except BaseException:
             if sealing is not None:

@@ -446,17 +446,41 @@ class _LocalWriter:
         """Finish the last write, fsync, rename into place, fsync the shard
         directory. On failure nothing of the blob remains."""
         self._require_open()
-        await self._drain()
         fd, self._fd = self._fd, None
         assert fd is not None
         self._state = "committing"
+        # The publish follows the write in flight in the same worker job
+        # rather than after a round trip through the loop: a small upload's
+        # only write and its commit then cost the loop one wake-up, not two.
+        # A write that failed fails the commit with it, as _drain would.
+        writing, self._job = self._job, None
         self._job = self._store._submit(
-            functools.partial(self._store._publish, fd, self._part, self._final)
+            after(
+                writing,
+                functools.partial(self._publish_after, writing, fd),
+            )
         )
-        await _settle("commit a blob", self._job)
+        try:
+            await _settle("commit a blob", self._job)
+        except BaseException:
+            failed = writing.exception() if writing is not None and writing.done() else None
+            if failed is not None and self._job.done():
+                # Nothing was published: back to a failed open writer (the
+                # failure sticks; abort removes the part).
+                self._failure, self._state, self._job = failed, "open", None
+            raise
         self._job = None
         self._state = "committed"
         self._store._writers.discard(self)
+
+    def _publish_after(self, writing: Future[None] | None, fd: int) -> None:
+        """In a worker thread: publish, unless the write before it failed (then
+        close the descriptor and raise that failure; abort removes the part)."""
+        failed = writing.exception() if writing is not None else None
+        if failed is not None:
+            _close_quietly(fd)
+            raise failed
+        self._store._publish(fd, self._part, self._final)
 
     async def abort(self) -> None:
         """Wait for the write in flight, close and remove the part file.
