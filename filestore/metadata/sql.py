@@ -84,6 +84,37 @@ PASS_HISTORY = 36 * 3600.0
 #: Ids per ``IN (…)`` list, under every database's parameter limit.
 IN_CHUNK = 500
 
+# The statements every upload and download runs, built once. A statement
+# built per call (``insert().values(...)``) is coerced and cache-keyed on
+# every call, which on SQLite's single database thread cost more than the
+# statement itself; a prebuilt one with bound parameters is compiled once
+# and its cache key is memoised.
+_INSERT_UPLOAD = files.insert().values(
+    id=sa.bindparam("id"),
+    tenant=sa.bindparam("tenant"),
+    state=str(FileState.UPLOADING),
+    kek_id=sa.bindparam("kek_id"),
+    created_at=sa.bindparam("created_at"),
+    expires_at=sa.bindparam("expires_at"),
+    max_downloads=sa.bindparam("max_downloads"),
+)
+_INSERT_KEY = file_keys.insert().values(
+    file_id=sa.bindparam("file_id"),
+    kek_id=sa.bindparam("key_kek_id"),
+    wrapped_dek=sa.bindparam("wrapped_dek"),
+)
+_ACTIVATE = (
+    files.update()
+    .where(files.c.id == sa.bindparam("file_id"), rules.state_is(FileState.UPLOADING))
+    .values(state=str(FileState.ACTIVE), size=sa.bindparam("size"), sealed=sa.bindparam("sealed"))
+)
+_LOAD = (
+    sa.select(*_FILE_COLUMNS, file_keys.c.kek_id, file_keys.c.wrapped_dek)
+    .select_from(files.outerjoin(file_keys, file_keys.c.file_id == files.c.id))
+    .where(files.c.id == sa.bindparam("file_id"))
+)
+_GET_KEY = sa.select(*_KEY_COLUMNS).where(api_keys.c.key_id == sa.bindparam("key_id"))
+
 
 def _file(row: Sequence[Any]) -> FileRecord:
     (fid, tenant, state, kek, created, expires, size, sealed, maxd, downloads) = row[:10]
@@ -197,31 +228,26 @@ class SQLFileStore(_Part):
     async def create_upload(self, record: FileRecord, key: FileKey) -> None:
         def fn(conn: sa.Connection) -> None:
             conn.execute(
-                files.insert().values(
-                    id=record.id,
-                    tenant=record.tenant,
-                    state=str(FileState.UPLOADING),
-                    kek_id=record.kek_id,
-                    created_at=record.created_at,
-                    expires_at=record.expires_at,
-                    max_downloads=record.max_downloads,
-                )
+                _INSERT_UPLOAD,
+                {
+                    "id": record.id,
+                    "tenant": record.tenant,
+                    "kek_id": record.kek_id,
+                    "created_at": record.created_at,
+                    "expires_at": record.expires_at,
+                    "max_downloads": record.max_downloads,
+                },
             )
             conn.execute(
-                file_keys.insert().values(
-                    file_id=key.file_id, kek_id=key.kek_id, wrapped_dek=key.wrapped
-                )
+                _INSERT_KEY,
+                {"file_id": key.file_id, "key_kek_id": key.kek_id, "wrapped_dek": key.wrapped},
             )
 
         await self._write(fn)
 
     async def activate(self, file_id: bytes, size: int, sealed: bytes) -> None:
         def fn(conn: sa.Connection) -> None:
-            done = conn.execute(
-                files.update()
-                .where(files.c.id == file_id, rules.state_is(FileState.UPLOADING))
-                .values(state=str(FileState.ACTIVE), size=size, sealed=sealed)
-            )
+            done = conn.execute(_ACTIVATE, {"file_id": file_id, "size": size, "sealed": sealed})
             if done.rowcount != 1:
                 raise NotFound("the upload is no longer pending")
 
@@ -245,11 +271,7 @@ class SQLFileStore(_Part):
 
     async def load(self, file_id: bytes) -> tuple[FileRecord, FileKey | None] | None:
         def fn(conn: sa.Connection) -> tuple[FileRecord, FileKey | None] | None:
-            row = conn.execute(
-                sa.select(*_FILE_COLUMNS, file_keys.c.kek_id, file_keys.c.wrapped_dek)
-                .select_from(files.outerjoin(file_keys, file_keys.c.file_id == files.c.id))
-                .where(files.c.id == file_id)
-            ).first()
+            row = conn.execute(_LOAD, {"file_id": file_id}).first()
             if row is None:
                 return None
             kek_id, wrapped = row[_NCOLS:]
@@ -865,7 +887,7 @@ class SQLApiKeyStore(_Part):
 
     async def get(self, key_id: str) -> ApiKeyRecord | None:
         def fn(conn: sa.Connection) -> ApiKeyRecord | None:
-            row = conn.execute(sa.select(*_KEY_COLUMNS).where(api_keys.c.key_id == key_id)).first()
+            row = conn.execute(_GET_KEY, {"key_id": key_id}).first()
             return None if row is None else _api_key(row)
 
         return await self._read(fn)
