@@ -80,6 +80,15 @@ class Encryptor:
     def update(self, data: BytesLike) -> bytes | bytearray:
         """Add plaintext; return the ciphertext of every chunk now complete
         (possibly ``b""``), in a fresh buffer the caller owns."""
+        count = (len(self._pending) + memoryview(data).nbytes) // CHUNK_SIZE
+        out = bytearray(count * ENC_CHUNK_SIZE)
+        return out if self.update_into(data, out) else b""
+
+    def update_into(self, data: BytesLike, out: bytearray) -> int:
+        """:meth:`update`, writing the ciphertext into ``out`` (resized to fit)
+        and returning its length. A caller that streams a large file reuses
+        a few buffers this way instead of faulting in fresh pages for every
+        batch (measurable system time at hundreds of MB/s)."""
         if self._done:
             raise ValueError("update() after finalize()")
         src = memoryview(data).cast("B")
@@ -87,9 +96,22 @@ class Encryptor:
         count = (len(pending) + src.nbytes) // CHUNK_SIZE
         if not count:
             pending += src
-            return b""
-        out = bytearray(count * ENC_CHUNK_SIZE)
-        dst = memoryview(out)
+            del out[:]
+            return 0
+        size = count * ENC_CHUNK_SIZE
+        if len(out) != size:
+            if len(out) > size:
+                del out[size:]
+            else:
+                out.extend(bytes(size - len(out)))
+        with memoryview(out) as whole:
+            self._seal_chunks(src, whole)
+        return size
+
+    def _seal_chunks(self, src: memoryview, dst: memoryview) -> None:
+        """Seal the buffered remainder plus ``src`` as full chunks into
+        ``dst`` (exactly their sealed size); buffer what is left over."""
+        pending = self._pending
         cipher = self._cipher
         if pending:
             # Complete the buffered chunk first; it is full, so not final.
@@ -106,7 +128,6 @@ class Encryptor:
             cipher.seal_into(self._index, src[:full], dst, final=False)
             self._index += full // CHUNK_SIZE
         pending += src[full:]
-        return out
 
     def finalize(self) -> bytearray:
         """Seal the buffered remainder (under 16 KiB, possibly empty) as the
