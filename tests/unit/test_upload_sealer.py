@@ -1,0 +1,54 @@
+"""The upload's CPU stage: batches hashed (inline or on a second thread) and
+encrypted into reused buffers must give the digest and blob of a one-shot
+encryption, whatever the batch sizes."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import pytest
+
+from filestore.crypto import HEADER_SIZE, Encryptor, Header, decrypt, encrypt
+from filestore.uploads import PARALLEL_HASH_MIN, _BatchSealer
+
+DEK = bytes(range(32))
+HEADER = Header(3, bytes(range(16)))
+
+
+@pytest.mark.parametrize(
+    "batch_sizes",
+    [
+        [PARALLEL_HASH_MIN - 1, 1, 5000],  # inline hashing only
+        [PARALLEL_HASH_MIN, 3 * PARALLEL_HASH_MIN + 17, PARALLEL_HASH_MIN + 1],  # threaded
+        [PARALLEL_HASH_MIN + 9, 100, 2 * PARALLEL_HASH_MIN, 7],  # both, buffers shrink/grow
+    ],
+)
+def test_batches_make_the_one_shot_blob_and_digest(batch_sizes: list[int]) -> None:
+    rng = random.Random(sum(batch_sizes))
+    batches = [rng.randbytes(size) for size in batch_sizes]
+    plaintext = b"".join(batches)
+    encryptor = Encryptor(DEK, HEADER)
+    digest = hashlib.sha256()
+    sealer = _BatchSealer(encryptor, digest)
+    out = [encryptor.prefix()]
+    for batch in batches:
+        # Each batch arrives as several pieces, as the request body does.
+        cut = len(batch) // 3
+        out.append(bytes(sealer.seal([batch[:cut], batch[cut:]])))
+    out.append(encryptor.finalize())
+    blob = b"".join(out)
+    assert digest.digest() == hashlib.sha256(plaintext).digest()
+    assert blob == encrypt(DEK, HEADER, plaintext, salt=blob[HEADER_SIZE:56])
+    assert decrypt(DEK, HEADER, blob) == plaintext
+
+
+def test_a_result_stays_valid_until_the_call_after_next() -> None:
+    """The blob writer may still hold the previous batch's ciphertext while
+    the next one is sealed: consecutive results are distinct buffers."""
+    sealer = _BatchSealer(Encryptor(DEK, HEADER), hashlib.sha256())
+    first = sealer.seal([bytes(PARALLEL_HASH_MIN)])
+    kept = bytes(first)
+    second = sealer.seal([b"\x01" * PARALLEL_HASH_MIN])
+    assert second is not first
+    assert bytes(first) == kept
