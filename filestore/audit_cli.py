@@ -127,7 +127,8 @@ async def _public_key(settings: Settings, fmt: str) -> None:
         if fmt == "pem":
             sys.stdout.write(public_key_pem(svc.signing_key).decode())
         else:
-            print(verifier_key_string(auditlog.KEY_NAME, svc.signing_key.public_key()))
+            ident = await auditlog.identity(svc.metadata, svc.signing_key, settings.audit_origin)
+            print(verifier_key_string(ident.key_name, svc.signing_key.public_key()))
 
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE, EXIT_PROMISE = 0, 1, 2, 3, 4
