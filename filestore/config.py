@@ -98,7 +98,9 @@ def _parse_log_format(text: str) -> str:
 def _parse_database_url(text: str) -> str:
     url = str(text).strip()
     if url and not url.startswith(_DATABASE_SCHEMES):
-        raise ValueError("expected sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
+        raise ValueError(
+            "expected sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+        )
     return url
 
 
@@ -272,10 +274,8 @@ class Settings:
     @property
     def database_dialect(self) -> str:
         """``sqlite`` or ``postgresql``."""
-        return (
-            "sqlite"
-            if not self.database_url or self.database_url.startswith("sqlite")
-            else ("postgresql")
+        return "sqlite" if not self.database_url or self.database_url.startswith("sqlite") else (
+            "postgresql"
         )
 
     @property

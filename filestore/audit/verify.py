@@ -407,7 +407,8 @@ class _Verifier:
             # An export signs a checkpoint as it is made: a full one whose
             # newest checkpoint predates it lost its tail.
             raise AuditVerificationError(
-                "the newest checkpoint is older than the export: the records after it were cut off",
+                "the newest checkpoint is older than the export: the records after it "
+                "were cut off",
                 line=newest_line,
             )
         if newest_time < self.now - self.max_age:
