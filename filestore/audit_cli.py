@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -288,7 +289,8 @@ def _witness(args: argparse.Namespace) -> int:
         host, _, port = args.listen.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError("--listen takes HOST:PORT")
-        asyncio.run(serve_push(process, host, int(port)))
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve_push(process, host, int(port)))
         return EXIT_OK
     if not args.url:
         raise ConfigError("--url (pull mode) or --listen (push mode) is required")
@@ -300,7 +302,10 @@ def _witness(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         raise ConfigError("--interval must be positive")
     target = Target(args.url.rstrip("/"), token)
-    return asyncio.run(poll_forever(process, target, args.interval, 1 if args.once else None))
+    try:
+        return asyncio.run(poll_forever(process, target, args.interval, 1 if args.once else None))
+    except KeyboardInterrupt:  # a witness polling forever is stopped this way
+        return EXIT_OK
 
 
 def _value(value: str) -> str:
