@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from filestore.audit.cosignature import parse_witness_key
+from filestore.audit.errors import AuditVerificationError
 from filestore.errors import ConfigError
 
 DAY = 24 * 3600.0
@@ -122,6 +124,30 @@ def _parse_peers(text: str | list[str]) -> tuple[str, ...]:
     return peers
 
 
+def _parse_origin(text: str) -> str:
+    # The origin doubles as the checkpoints' key name: no space, no '+'.
+    if text and (len(text) > 255 or re.search(r"[\s+]", text)):
+        raise ValueError("expected a log name without spaces or '+', e.g. filestore.audit/eu-1")
+    return text
+
+
+def _parse_witnesses(text: str | list[str]) -> tuple[str, ...]:
+    items = text if isinstance(text, list) else re.split(r"[,\s]+", str(text))
+    vkeys = tuple(v.strip() for v in items if v.strip())
+    names = set()
+    for vkey in vkeys:
+        try:
+            witness = parse_witness_key(vkey)
+        except AuditVerificationError as exc:
+            raise ValueError(
+                f"expected witness vkeys (name+keyid+base64 of type 0x04): {exc}"
+            ) from None
+        if witness.name in names:
+            raise ValueError(f"two witnesses are named {witness.name!r}")
+        names.add(witness.name)
+    return vkeys
+
+
 def _parse_storage(text: str) -> str:
     if text not in ("local", "s3"):
         raise ValueError("expected 'local' or 's3'")
@@ -198,8 +224,14 @@ class Settings:
     kek_grace: float = 3600.0
     #: Files claimed per purge batch.
     purge_batch_size: int = 500
-    #: Checkpoint origin line: names this deployment's audit log.
-    audit_origin: str = "filestore.audit/default"
+    #: Checkpoint origin line: names this deployment's audit log (and is the
+    #: key name its checkpoints are signed under). Empty: the log keeps the
+    #: origin its checkpoints already carry, and a new log takes
+    #: filestore.audit/<16 hex of SHA-256 of the signing public key>.
+    audit_origin: str = ""
+    #: Witnesses whose cosignatures the gateway accepts and serves with its
+    #: checkpoints: C2SP vkeys of type 0x04, comma- or space-separated.
+    audit_witnesses: tuple[str, ...] = ()
     log_level: str = "INFO"
     #: "text" (one readable line per record, for a terminal) or "json" (one
     #: JSON object per line, with the access log's fields as keys).
@@ -429,7 +461,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "kek_rotation": parse_duration,
     "kek_grace": parse_duration,
     "purge_batch_size": lambda v: _positive(int(v)),
-    "audit_origin": str,
+    "audit_origin": _parse_origin,
+    "audit_witnesses": _parse_witnesses,
     "log_level": _parse_level,
     "log_format": _parse_log_format,
     "read_timeout": parse_duration,

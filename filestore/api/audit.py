@@ -18,6 +18,7 @@ from filestore.api.context import principal, services
 from filestore.api.params import query_params
 from filestore.api.streaming import send_stream
 from filestore.audit import verifier_key_string
+from filestore.audit.cosignature import parse_witness_key
 from filestore.clock import parse_time
 from filestore.crypto.signing import public_key_pem
 from filestore.errors import BadRequest, Conflict, NotFound
@@ -88,23 +89,68 @@ async def deletions(request: web.Request) -> web.StreamResponse:
 @routes.get("/v1/audit/checkpoint")
 async def checkpoint(request: web.Request) -> web.Response:
     await principal(request, Role.AUDITOR)
-    latest = await services(request).metadata.audit.latest_checkpoint()
-    if latest is None:
+    note = await auditlog.cosigned_note(services(request).metadata)
+    if note is None:
         raise NotFound("no checkpoint has been written yet")
-    return web.Response(
-        text=latest[1], content_type="text/plain", headers={"Cache-Control": "no-store"}
+    return web.Response(text=note, content_type="text/plain", headers={"Cache-Control": "no-store"})
+
+
+def _size(name: str, raw: str | None) -> int:
+    if raw is None or not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        raise BadRequest(f"{name} must be a tree size (a whole number)")
+    return int(raw)
+
+
+@routes.get("/v1/audit/consistency")
+async def consistency(request: web.Request) -> web.Response:
+    """The RFC 9162 consistency proof between two tree sizes: what a witness
+    needs to check that the log only grew since the checkpoint it cosigned."""
+    await principal(request, Role.AUDITOR)
+    query = query_params(request, ("from", "to"))
+    old, new = _size("from", query.get("from")), _size("to", query.get("to"))
+    proof = await auditlog.consistency_proof(services(request).metadata, old, new)
+    return web.json_response(
+        {"from": old, "to": new, "proof": [p.hex() for p in proof]},
+        headers={"Cache-Control": "no-store"},
     )
+
+
+#: A cosigned note is a checkpoint and a handful of signature lines.
+MAX_COSIGNED_NOTE = 16 * 1024
+
+
+@routes.post("/v1/audit/cosignatures")
+async def cosignatures(request: web.Request) -> web.Response:
+    """A witness hands back the checkpoint it fetched with its cosignature
+    line appended; kept if the witness is configured and the note is the
+    one this log holds at that size (see docs/audit-log.md, Witnesses)."""
+    await principal(request, Role.AUDITOR)
+    svc = services(request)
+    body = await request.content.read(MAX_COSIGNED_NOTE + 1)
+    if len(body) > MAX_COSIGNED_NOTE:
+        raise BadRequest(f"a cosigned checkpoint is at most {MAX_COSIGNED_NOTE} bytes")
+    try:
+        note = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("a cosigned checkpoint is UTF-8 text") from None
+    witnesses = [parse_witness_key(v) for v in svc.settings.audit_witnesses]
+    names = await auditlog.add_cosignatures(
+        svc.metadata, svc.signing_key, svc.settings.audit_origin, witnesses, note, svc.clock.now()
+    )
+    return web.json_response({"witnesses": names}, headers={"Cache-Control": "no-store"})
 
 
 @routes.get("/v1/audit/public-key")
 async def public_key(request: web.Request) -> web.Response:
-    key = services(request).signing_key
+    svc = services(request)
+    key = svc.signing_key
     fmt = request.query.get("format", "pem")
     if fmt == "pem":
         return web.Response(body=public_key_pem(key), content_type="application/x-pem-file")
     if fmt == "vkey":
+        ident = await auditlog.identity(svc.metadata, key, svc.settings.audit_origin)
         return web.Response(
-            text=verifier_key_string(auditlog.KEY_NAME, key.public_key()) + "\n",
+            text=verifier_key_string(ident.key_name, key.public_key()) + "\n",
             content_type="text/plain",
         )
     raise BadRequest("format must be pem or vkey")

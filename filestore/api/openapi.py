@@ -495,10 +495,49 @@ def openapi_document() -> dict[str, Any]:
             "/v1/audit/checkpoint": {
                 "get": {
                     "operationId": "auditCheckpoint",
-                    "summary": "The newest signed checkpoint (a C2SP signed note); 404 "
-                    "before the first one is written.",
+                    "summary": "The newest signed checkpoint (a C2SP signed note) with "
+                    "the witness cosignatures stored for it; 404 before the first one "
+                    "is written.",
                     "responses": _with_errors(
                         {"200": {"description": "The signed note.", "content": _TEXT}}
+                    ),
+                }
+            },
+            "/v1/audit/consistency": {
+                "get": {
+                    "operationId": "auditConsistency",
+                    "summary": "The RFC 9162 consistency proof from tree size `from` to "
+                    "`to` (hex hashes), for witnesses.",
+                    "parameters": [
+                        {
+                            "name": name,
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                        }
+                        for name in ("from", "to")
+                    ],
+                    "responses": _with_errors(
+                        {"200": {"description": "The proof.", "content": _JSON_OBJECT}}
+                    ),
+                }
+            },
+            "/v1/audit/cosignatures": {
+                "post": {
+                    "operationId": "auditAddCosignatures",
+                    "summary": "A witness returns the checkpoint it fetched with its "
+                    "cosignature line appended; kept if the witness is configured "
+                    "(FILESTORE_AUDIT_WITNESSES) and the note is the one held at its "
+                    "size (409 if it was re-signed since).",
+                    "requestBody": {"required": True, "content": _TEXT},
+                    "responses": _with_errors(
+                        {
+                            "200": {
+                                "description": "The witnesses whose cosignatures were kept.",
+                                "content": _JSON_OBJECT,
+                            }
+                        },
+                        "409",
                     ),
                 }
             },

@@ -10,6 +10,8 @@ notes; the API and CLI call what is re-exported here. The formats are in
 * :mod:`.frontier` — the tree's root at every size, streaming;
 * :mod:`.keys`, :mod:`.note`, :mod:`.checkpoint` — C2SP vkeys, signed
   notes, tlog-style checkpoints;
+* :mod:`.cosignature`, :mod:`.witness` — witness cosignatures (C2SP
+  tlog-cosignature) and a witness's add-checkpoint decisions;
 * :mod:`.export`, :mod:`.csv_export` — JSONL (verifiable) and CSV exports;
 * :mod:`.verify` — offline verification of a JSONL export;
 * :mod:`.receipts` — per-file deletion receipts.

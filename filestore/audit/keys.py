@@ -49,22 +49,26 @@ def raw_public_key(public_key: Ed25519PublicKey) -> bytes:
     return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def key_id(name: str, public_key: Ed25519PublicKey) -> bytes:
-    """The 4-byte signed-note key id of ``public_key`` under ``name``."""
-    data = name.encode("utf-8") + b"\n" + ALG_ED25519 + raw_public_key(public_key)
+def key_id(name: str, public_key: Ed25519PublicKey, alg: bytes = ALG_ED25519) -> bytes:
+    """The 4-byte signed-note key id of ``public_key`` under ``name``, for
+    the signature type ``alg`` (0x01 for a plain Ed25519 note signature,
+    0x04 for a cosignature/v1: the same key yields a different id per type,
+    so a verifier can never mistake one kind of signature for the other)."""
+    data = name.encode("utf-8") + b"\n" + alg + raw_public_key(public_key)
     return hashlib.sha256(data).digest()[:4]
 
 
-def verifier_key_string(name: str, public_key: Ed25519PublicKey) -> str:
-    """The C2SP vkey ``<name>+<hex key id>+<base64(0x01 ‖ key)>``."""
+def verifier_key_string(name: str, public_key: Ed25519PublicKey, alg: bytes = ALG_ED25519) -> str:
+    """The C2SP vkey ``<name>+<hex key id>+<base64(alg ‖ key)>``."""
     check_key_name(name)
-    material = base64.b64encode(ALG_ED25519 + raw_public_key(public_key)).decode("ascii")
-    return f"{name}+{key_id(name, public_key).hex()}+{material}"
+    material = base64.b64encode(alg + raw_public_key(public_key)).decode("ascii")
+    return f"{name}+{key_id(name, public_key, alg).hex()}+{material}"
 
 
-def parse_verifier_key(vkey: str) -> tuple[str, Ed25519PublicKey]:
-    """The name and key of a vkey string; AuditVerificationError if it is
-    malformed, not Ed25519, or its key id does not match."""
+def parse_verifier_key(vkey: str, alg: bytes = ALG_ED25519) -> tuple[str, Ed25519PublicKey]:
+    """The name and key of a vkey string of signature type ``alg``;
+    AuditVerificationError if it is malformed, of another type, or its key
+    id does not match."""
     parts = vkey.strip().split("+", 2)
     if len(parts) != 3:
         raise AuditVerificationError("a verifier key has the form name+keyid+base64")
@@ -75,10 +79,15 @@ def parse_verifier_key(vkey: str) -> tuple[str, Ed25519PublicKey]:
         raw = base64.b64decode(material, validate=True)
     except (ValueError, binascii.Error):
         raise AuditVerificationError("malformed verifier key") from None
-    if len(kid) != 4 or len(raw) != 33 or raw[:1] != ALG_ED25519:
+    if len(kid) != 4 or len(raw) != 33:
         raise AuditVerificationError("verifier key is malformed or not an Ed25519 key")
+    if raw[:1] != alg:
+        raise AuditVerificationError(
+            f"verifier key has signature type 0x{raw[0]:02x}, not 0x{alg[0]:02x}"
+            + (" (a witness's cosignature key?)" if alg == ALG_ED25519 else "")
+        )
     key = Ed25519PublicKey.from_public_bytes(raw[1:])
-    if key_id(name, key) != kid:
+    if key_id(name, key, alg) != kid:
         raise AuditVerificationError("verifier key id does not match its name and key")
     return name, key
 

@@ -14,7 +14,12 @@
    shows up as one of these);
 4. with a trusted checkpoint an auditor kept from before: that the export's
    history extends it (same root at its size, or a consistency proof);
-5. that checkpoint times never run backwards (beyond ``CHECKPOINT_SKEW``).
+5. that checkpoint times never run backwards (beyond ``CHECKPOINT_SKEW``);
+6. with witnesses given: every cosignature by one of them, on any
+   checkpoint, verifies and is dated neither before its checkpoint nor in
+   the future; and the newest checkpoint carries at least ``min_witnesses``
+   of them (a quorum rules out a split view of everything up to it, since
+   every older checkpoint and record is tied to it by the checks above).
 
 Beside the bytes, every record is held to the promise it records
 (:mod:`.promise`): deleted within 24 hours of upload, consistent with its
@@ -28,7 +33,7 @@ line and, where there is one, the seq.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +47,8 @@ from filestore.audit._lines import (
     non_negative,
     time_or_none,
 )
-from filestore.audit.checkpoint import Checkpoint, parse_and_verify
+from filestore.audit.checkpoint import Checkpoint, parse_and_verify, peek_checkpoint
+from filestore.audit.cosignature import Witness, count_cosignatures
 from filestore.audit.errors import AuditVerificationError
 from filestore.audit.export import EXPORT_FORMAT
 from filestore.audit.frontier import Frontier
@@ -50,7 +56,14 @@ from filestore.audit.merkle import verify_consistency, verify_inclusion
 from filestore.audit.promise import PromiseCheck, Violation
 from filestore.audit.records import GENESIS_HASH, AuditRecord
 
-__all__ = ["CHECKPOINT_SKEW", "VerifyReport", "Violation", "verify_export"]
+__all__ = [
+    "CHECKPOINT_SKEW",
+    "VerifyReport",
+    "Violation",
+    "check_witnesses",
+    "require_quorum",
+    "verify_export",
+]
 
 #: How far one checkpoint's time may lie before the previous one's: the
 #: instances that sign them keep their clocks within this of the database's.
@@ -86,6 +99,32 @@ class VerifyReport:
     unsigned: int
     violations: tuple[Violation, ...] = ()
     violation_count: int = 0
+    witnessed_by: tuple[str, ...] = ()
+
+
+def check_witnesses(
+    note: str, witnesses: Sequence[Witness], now: float, max_skew: float = 300
+) -> tuple[str, ...]:
+    """The names of ``witnesses`` with a valid cosignature on ``note``.
+    AuditVerificationError if one of theirs does not verify, or is dated
+    before the checkpoint or after ``now`` (beyond ``max_skew``)."""
+    if not witnesses:
+        return ()
+    cp_time = peek_checkpoint(note).time
+    found = count_cosignatures(
+        note, witnesses, not_before=cp_time - max_skew, not_after=now + max_skew
+    )
+    return tuple(sorted(found))
+
+
+def require_quorum(size: int, names: Sequence[str], min_witnesses: int) -> None:
+    """AuditVerificationError unless ``names`` holds ``min_witnesses``."""
+    if len(names) < min_witnesses:
+        raise AuditVerificationError(
+            f"witness quorum not met: the newest checkpoint (size {size}) carries "
+            f"{len(names)} valid cosignature(s) from the given witnesses, {min_witnesses} "
+            "required; a split view is not ruled out"
+        )
 
 
 class _Verifier:
@@ -101,7 +140,9 @@ class _Verifier:
         now: float,
         max_age: float,
         max_skew: float,
+        witnesses: Sequence[Witness] = (),
     ) -> None:
+        self.witnesses: Sequence[Witness] = witnesses
         self.key, self.key_name, self.trusted = public_key, key_name, trusted
         self.now, self.max_age, self.max_skew = now, max_age, max_skew
         self.header = False
@@ -120,6 +161,7 @@ class _Verifier:
         self.last_cp_size = -1
         self.origin: str | None = None
         self.latest: tuple[Checkpoint, int] | None = None  # largest size, then newest
+        self.latest_witnesses: tuple[str, ...] = ()
         self.freshest: tuple[float, int] | None = None  # newest time and its line
         self.trusted_checked = trusted is None
         self.promise = PromiseCheck(max_skew)
@@ -242,6 +284,7 @@ class _Verifier:
             raise AuditVerificationError("malformed checkpoint line")
         cp = parse_and_verify(obj["note"], self.key, self.key_name)
         size, pos = cp.size, self.pos
+        witnessed = check_witnesses(obj["note"], self.witnesses, self.now, self.max_skew)
         where = f"checkpoint of size {size}"
         if self.origin is None:
             self.origin = cp.origin
@@ -277,6 +320,7 @@ class _Verifier:
         self.checkpoints += 1
         if self.latest is None or (size, cp.time) >= (self.latest[0].size, self.latest[0].time):
             self.latest = (cp, number)
+            self.latest_witnesses = witnessed
         if self.freshest is None or cp.time >= self.freshest[0]:
             self.freshest = (cp.time, number)
 
@@ -343,7 +387,7 @@ class _Verifier:
         self.trusted_checked = True
 
     # -------------------------------------------------------------- end
-    def finish(self, last_line: int, allow_unsigned: bool) -> VerifyReport:
+    def finish(self, last_line: int, allow_unsigned: bool, min_witnesses: int) -> VerifyReport:
         if not self.header:
             raise AuditVerificationError("empty export: no header", line=1)
         if self.latest is None or self.freshest is None or self.origin is None:
@@ -386,6 +430,10 @@ class _Verifier:
                     f"starts at seq {self.first_seq} and carries no consistency proof from it"
                 )
             raise AuditVerificationError(why, line=latest_line)
+        try:
+            require_quorum(latest.size, self.latest_witnesses, min_witnesses)
+        except AuditVerificationError as exc:
+            raise exc.at(line=latest_line) from None
         last_seq = self.pos if self.records else None
         return VerifyReport(
             records=self.records,
@@ -400,6 +448,7 @@ class _Verifier:
             unsigned=self.pos - self.covered,
             violations=tuple(self.violations),
             violation_count=self.violation_count,
+            witnessed_by=self.latest_witnesses,
         )
 
 
@@ -413,6 +462,8 @@ def verify_export(
     max_age: float = 2 * 3600,
     max_skew: float = 300,
     allow_unsigned_tail: bool = False,
+    witnesses: Sequence[Witness] = (),
+    min_witnesses: int = 0,
 ) -> VerifyReport:
     """Verify a JSONL export offline; raise AuditVerificationError at the
     first problem, or return what was established.
@@ -423,8 +474,12 @@ def verify_export(
     checkpoint must be no older than ``max_age`` seconds before it and none
     more than ``max_skew`` seconds after it. Records after the last
     checkpoint are an error unless ``allow_unsigned_tail``, in which case the
-    report counts them in ``unsigned``.
+    report counts them in ``unsigned``. With ``witnesses``, their
+    cosignatures are checked wherever they appear, and the newest checkpoint
+    must carry ``min_witnesses`` of them (the report's ``witnessed_by``).
     """
+    if min_witnesses > len({w.name for w in witnesses}):
+        raise ValueError("min_witnesses exceeds the number of witnesses given")
     trusted = None
     if trusted_checkpoint is not None:
         try:
@@ -433,7 +488,7 @@ def verify_export(
             raise AuditVerificationError(
                 f"the trusted checkpoint is invalid: {exc.reason}"
             ) from None
-    v = _Verifier(public_key, key_name, trusted, now, max_age, max_skew)
+    v = _Verifier(public_key, key_name, trusted, now, max_age, max_skew, witnesses)
     number = 0
     for number, raw in enumerate(lines, start=1):
         text = raw.rstrip("\r\n")
@@ -443,4 +498,4 @@ def verify_export(
             v.line(number, text)
         except AuditVerificationError as exc:
             raise exc.at(line=number) from None
-    return v.finish(number, allow_unsigned_tail)
+    return v.finish(number, allow_unsigned_tail, min_witnesses)

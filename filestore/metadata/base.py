@@ -143,6 +143,20 @@ class InstanceStatus:
 
 
 @dataclass(frozen=True)
+class CosignatureRow:
+    """One witness's cosignature of one checkpoint note: filed under the
+    tree size and the SHA-256 (hex) of the note's text, so it is handed out
+    with exactly the note it signs."""
+
+    size: int
+    body_hash: str
+    witness: str  #: the witness's vkey
+    line: str  #: the signature line, without its newline
+    cosigned_at: int  #: the cosignature's own timestamp (POSIX seconds)
+    received_at: float
+
+
+@dataclass(frozen=True)
 class PassRecord:
     """One purge pass in the cluster's pass history (``purge_passes``)."""
 
@@ -349,6 +363,14 @@ class AuditStore(Protocol):
 
     async def checkpoint_covering(self, size: int) -> tuple[int, str] | None:
         """The first checkpoint whose tree holds at least ``size`` records."""
+
+    async def add_cosignatures(self, rows: Sequence[CosignatureRow]) -> None:
+        """Store witness cosignatures; each replaces that witness's older
+        ones at the same tree size (one per witness and size, the newest)."""
+
+    async def cosignatures(self, low: int, high: int) -> list[tuple[str, str]]:
+        """(body hash, signature line) of every cosignature stored for tree
+        sizes in ``[low, high]``, by witness, then age."""
 
 
 class ApiKeyStore(Protocol):

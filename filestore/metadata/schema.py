@@ -90,6 +90,20 @@ audit_checkpoints = sa.Table(
     sa.Column("note", sa.Text, nullable=False),
 )
 
+#: Witness cosignatures of checkpoints: one per witness and tree size, the
+#: newest, filed under the SHA-256 of the note text they sign.
+audit_cosignatures = sa.Table(
+    "audit_cosignatures",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("body_hash", sa.Text, nullable=False),
+    sa.Column("witness", sa.Text, nullable=False),
+    sa.Column("line", sa.Text, nullable=False),
+    sa.Column("cosigned_at", sa.BigInteger, nullable=False),
+    sa.Column("received_at", sa.Float(53), nullable=False),
+)
+
 #: Each instance's last purge pass, for the cluster's status page.
 instance_passes = sa.Table(
     "instance_passes",
@@ -155,6 +169,7 @@ _partial(
 sa.Index("audit_log_time", audit_log.c.recorded_at)
 sa.Index("purge_passes_finished", purge_passes.c.finished_at)
 sa.Index("audit_checkpoints_size", audit_checkpoints.c.size)
+sa.Index("audit_cosignatures_size", audit_cosignatures.c.size, audit_cosignatures.c.witness)
 # Exactly one deletion record per file and one per KEK, whatever crashes,
 # retries and racing instances do.
 _partial("audit_log_one_per_file", audit_log, ["file_id"], "event = 'file_deleted'").unique = True

@@ -25,6 +25,7 @@ from filestore.errors import NotFound
 from filestore.metadata import rules
 from filestore.metadata.base import (
     ApiKeyRecord,
+    CosignatureRow,
     DeleteReason,
     FileKey,
     FileRecord,
@@ -40,6 +41,7 @@ from filestore.metadata.schema import (
     LEGACY_WRAP_SIZE,
     api_keys,
     audit_checkpoints,
+    audit_cosignatures,
     audit_log,
     file_keys,
     files,
@@ -728,6 +730,46 @@ class SQLAuditStore(_Part):
             .order_by(audit_checkpoints.c.id)
             .limit(1)
         )
+
+    async def add_cosignatures(self, rows: Sequence[CosignatureRow]) -> None:
+        def fn(conn: sa.Connection) -> None:
+            for row in rows:
+                new_id = conn.execute(
+                    audit_cosignatures.insert()
+                    .values(
+                        size=row.size,
+                        body_hash=row.body_hash,
+                        witness=row.witness,
+                        line=row.line,
+                        cosigned_at=row.cosigned_at,
+                        received_at=row.received_at,
+                    )
+                    .returning(audit_cosignatures.c.id)
+                ).scalar_one()
+                # One per witness and size, like the checkpoints: a witness
+                # cosigning the re-signed note of a quiet log every pass
+                # keeps one row, not one a pass.
+                conn.execute(
+                    audit_cosignatures.delete().where(
+                        audit_cosignatures.c.size == row.size,
+                        audit_cosignatures.c.witness == row.witness,
+                        audit_cosignatures.c.id < new_id,
+                    )
+                )
+
+        if rows:
+            await self._write(fn)
+
+    async def cosignatures(self, low: int, high: int) -> list[tuple[str, str]]:
+        def fn(conn: sa.Connection) -> list[tuple[str, str]]:
+            rows = conn.execute(
+                sa.select(audit_cosignatures.c.body_hash, audit_cosignatures.c.line)
+                .where(audit_cosignatures.c.size.between(low, high))
+                .order_by(audit_cosignatures.c.witness, audit_cosignatures.c.id)
+            ).all()
+            return [(str(h), str(line)) for h, line in rows]
+
+        return await self._read(fn)
 
 
 # ----------------------------------------------------------------- cluster

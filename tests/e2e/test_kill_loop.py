@@ -427,7 +427,7 @@ async def kill_loop(tmp_path: Path, database_url: str, kills: int) -> None:
             store,
             data_dir / "storage",
             shared.secrets_dir / "audit-signing.pem",
-            "filestore.audit/default",
+            "",
         )
         first_trusted: str | None = None
         points: Counter[str] = Counter()

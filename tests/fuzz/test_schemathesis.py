@@ -107,6 +107,8 @@ SEMANTIC_REFUSALS: dict[str, tuple[tuple[int, str], ...]] = {
     ),
     "POST /v1/files/{id}/links": ((400, "ttl must be positive"),),
     "GET /v1/audit/deletions": ((400, "consistency_from must be between 0 and"),),
+    # Sizes are bounded by the log's size, which the schema cannot know.
+    "GET /v1/audit/consistency": ((400, "a consistency proof needs 0 <= from <= to <="),),
 }
 
 

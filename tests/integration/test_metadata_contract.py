@@ -19,6 +19,7 @@ from filestore.audit.entries import AuditEntry
 from filestore.errors import ConfigError, NotFound
 from filestore.metadata.base import (
     ApiKeyRecord,
+    CosignatureRow,
     DeleteReason,
     FileKey,
     FileRecord,
@@ -264,6 +265,27 @@ async def test_audit_chain_and_checkpoints(store: MetadataStore) -> None:
     assert await db.scalar(store, "SELECT count(*) FROM audit_checkpoints") == 2
     assert await store.audit.latest_checkpoint() == (4, "note-4-4")
     assert await store.files.count_keys(1) == 0
+
+
+async def test_cosignatures_one_per_witness_and_size(store: MetadataStore) -> None:
+    def row(size: int, digest: str, witness: str, line: str, at: float) -> CosignatureRow:
+        return CosignatureRow(size, digest, witness, line, int(at), at)
+
+    assert await store.audit.cosignatures(0, 10) == []
+    await store.audit.add_cosignatures([])
+    await store.audit.add_cosignatures(
+        [
+            row(3, "h3", "wa", "a3", NOW),
+            row(3, "h3", "wb", "b3", NOW),
+            row(5, "h5", "wa", "a5", NOW),
+        ]
+    )
+    assert await store.audit.cosignatures(3, 3) == [("h3", "a3"), ("h3", "b3")]
+    assert await store.audit.cosignatures(0, 10) == [("h3", "a3"), ("h5", "a5"), ("h3", "b3")]
+    # The note at size 3 re-signed and cosigned again by wa: its older row goes.
+    await store.audit.add_cosignatures([row(3, "h3b", "wa", "a3b", NOW + 60)])
+    assert await store.audit.cosignatures(3, 3) == [("h3b", "a3b"), ("h3", "b3")]
+    assert await db.scalar(store, "SELECT count(*) FROM audit_cosignatures") == 3
 
 
 async def test_appends_are_idempotent_per_file_and_kek(store: MetadataStore) -> None:
