@@ -115,9 +115,7 @@ class Lab:
         return self._postgres
 
     # ------------------------------------------------------------ filestore
-    def filestore(
-        self, name: str, *, backend: str = "sqlite", workers: int = 0
-    ) -> FilestoreTarget:
+    def filestore(self, name: str, *, backend: str = "sqlite", workers: int = 0) -> FilestoreTarget:
         """``filestore serve --no-scheduler`` on local disk + SQLite, local
         disk + PostgreSQL or S3 + SQLite. The scheduler is off so that a
         pass runs only when the purge workload asks for one (a scheduled pass
@@ -228,9 +226,16 @@ class Lab:
                 os.chown(path, *user)
         conf = home / "nginx.conf"
         conf.write_text(nginx_config(home, port, user is not None))
+        argv = [str(NGINX), "-p", str(home), "-c", str(conf), "-e", str(home / "error.log")]
+        # A build without the WebDAV module (nginx-light) cannot be this target.
+        checked = subprocess.run(
+            [*argv, "-t", "-q"], capture_output=True, text=True, timeout=30, check=False
+        )
+        if checked.returncode != 0:
+            raise Skip(f"nginx refuses the config: {checked.stderr.strip()[-200:]}")
         process = self.registry.start(
             name,
-            [str(NGINX), "-p", str(home), "-c", str(conf), "-e", str(home / "error.log")],
+            argv,
             log_path=self.root / f"{name}.log",
             cwd=home,
             ready=listening(port),

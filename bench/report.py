@@ -94,8 +94,8 @@ def markdown(
             ]
             for r in small
         ]
-        count = int(small[0].extra["requests"])
-        conc = int(small[0].extra["concurrency"])
+        count = int(small[0].extra.get("requests", 0))
+        conc = int(small[0].extra.get("concurrency", 0))
         out += [
             f"## Small files ({count:,} requests, {conc} in flight)",
             "",
@@ -221,7 +221,7 @@ def plot(path: Path, results: Results, targets: list[Target]) -> str | None:
             sizes[r.workload] = int(r.workload[:-3]) << 10
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
     for ax, direction in zip(axes, ("upload", "download"), strict=True):
-        for t in targets:
+        for i, t in enumerate(targets):
             points = sorted(
                 (sizes[r.workload], r.median)
                 for r in results.items
@@ -232,7 +232,14 @@ def plot(path: Path, results: Results, targets: list[Target]) -> str | None:
             )
             if points:
                 xs, ys = zip(*points, strict=True)
-                ax.plot([x / (1 << 20) for x in xs], ys, marker="o", label=t.name)
+                # One colour and marker per target in both panels.
+                ax.plot(
+                    [x / (1 << 20) for x in xs],
+                    ys,
+                    color=f"C{i % 10}",
+                    marker="osD^v<>"[i // 10 % 7],
+                    label=t.name,
+                )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("file size (MiB)")
