@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -79,6 +80,7 @@ def no_hook(_target: Target, _workload: str) -> contextlib.AbstractContextManage
 def rounds(targets: list[Target], repeat: int) -> Iterator[tuple[int, Target]]:
     """(round, target) with the order rotated each round: A B C, B C A, ..."""
     for r in range(repeat):
+        print(f"  round {r + 1}/{repeat}", file=sys.stderr, flush=True)
         shift = r % len(targets) if targets else 0
         for target in targets[shift:] + targets[:shift]:
             yield r, target
@@ -178,6 +180,8 @@ class Small:
     count: int
     size: int = 4096
     concurrency: int = 32
+    #: At most this many rounds, whatever ``--repeat`` says (``--quick``).
+    max_repeat: int | None = None
 
     def run(
         self,
@@ -188,6 +192,7 @@ class Small:
         hook: Hook = no_hook,
     ) -> None:
         able = [t for t in targets if "small" in t.abilities]
+        repeat = min(repeat, self.max_repeat or repeat)
         payload = Payload.make(self.size)
         figures: dict[tuple[str, str], list[tuple[float, list[float], float]]] = {}
         with contextlib.ExitStack() as hooks:
@@ -259,13 +264,7 @@ class Small:
             if any(size != payload.size for size in sizes):
                 raise RuntimeError(f"{target.name}: a small download came back short")
             got["download"] = (rate, lats, cpu)
-            sem = asyncio.Semaphore(self.concurrency)
-
-            async def remove(handle: Any) -> None:
-                async with sem:
-                    await target.delete(session, handle)
-
-            await asyncio.gather(*(remove(h) for h in handles))
+        # The files stay: a few MiB per round, gone with the run's directory.
         return got
 
 
@@ -390,6 +389,8 @@ ALL: dict[str, Workload] = {
 #: What ``--quick`` runs (no 1 GiB, no 100k purges; S3 purge of 2,000).
 QUICK = ("1MiB", "64MiB", "4KiB", "purge-10k")
 QUICK_S3_PURGE = 2000
+#: Rounds of the 4 KiB workload with ``--quick``.
+QUICK_SMALL_ROUNDS = 2
 
 
 def workload(name: str, *, quick: bool = False) -> Workload:
@@ -398,6 +399,8 @@ def workload(name: str, *, quick: bool = False) -> Workload:
     chosen = ALL[name]
     if quick and isinstance(chosen, Purge):
         return Purge(chosen.name, chosen.count, chosen.live, QUICK_S3_PURGE)
+    if quick and isinstance(chosen, Small):
+        return Small(chosen.name, chosen.count, chosen.size, chosen.concurrency, QUICK_SMALL_ROUNDS)
     return chosen
 
 

@@ -20,6 +20,8 @@ def test_workload_names() -> None:
     assert parse_workload("live-300").live
     quick = parse_workload("purge-10k", quick=True)
     assert isinstance(quick, Purge) and quick.s3_count == 2000
+    small = parse_workload("4KiB", quick=True)
+    assert isinstance(small, Small) and (small.count, small.max_repeat) == (1000, 2)
     with pytest.raises(KeyError):
         parse_workload("fast")
 
