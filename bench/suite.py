@@ -208,6 +208,7 @@ def run(options: Options) -> Outcome:
 
             with asyncio.Runner() as loop:
                 # Warm-up (not reported): code paths, connections, caches.
+                print(f"warm-up on {len(targets)} targets", file=sys.stderr)
                 Transfer("warm-up", MIB).run(loop, targets, 1, Results())
                 for w in options.workloads:
                     print(f"workload {w.name} on {len(targets)} targets", file=sys.stderr)

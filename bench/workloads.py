@@ -32,6 +32,8 @@ from bench.seed import put_objects, seed
 from bench.targets import MIB, FilestoreTarget, Payload, Target
 
 GIB = 1 << 30
+#: Bytes the client buffers per connection before it stops reading.
+READ_BUFSIZE = 4 * MIB
 
 
 @dataclass
@@ -91,6 +93,9 @@ def _session(limit: int = 1) -> aiohttp.ClientSession:
         connector=aiohttp.TCPConnector(limit=limit, force_close=False),
         timeout=aiohttp.ClientTimeout(total=None, sock_read=600),
         auto_decompress=False,
+        # A deeper buffer than the 64 KiB default: fewer pauses of the socket
+        # and fewer, larger reads, so the client keeps up with sendfile.
+        read_bufsize=READ_BUFSIZE,
     )
 
 
