@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -216,9 +217,10 @@ def plot(path: Path, results: Results, targets: list[Target]) -> str | None:
     except ImportError:
         return MATPLOTLIB_MISSING
     sizes = {name: w.size for name, w in ALL.items() if isinstance(w, Transfer)}
+    units = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
     for r in results.items:
-        if r.unit == "MB/s" and r.workload not in sizes and r.workload.endswith("KiB"):
-            sizes[r.workload] = int(r.workload[:-3]) << 10
+        if r.unit == "MB/s" and (m := re.fullmatch(r"(\d+)([KMG]iB)", r.workload)):
+            sizes[r.workload] = int(m.group(1)) * units[m.group(2)]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
     for ax, direction in zip(axes, ("upload", "download"), strict=True):
         for i, t in enumerate(targets):

@@ -10,6 +10,7 @@ filestore S3 target uses; the ceilings run in this process (no server).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import os
 import secrets
@@ -79,7 +80,7 @@ async def drain(resp: aiohttp.ClientResponse) -> int:
 
 
 @dataclass
-class Target:
+class Target(abc.ABC):
     """One row of the tables. ``pid`` is the root of the server process tree
     whose CPU and memory are charged to it (None: runs in this process)."""
 
@@ -92,14 +93,22 @@ class Target:
     idle_rss: int = 0
     info: dict[str, Any] = field(default_factory=dict)
 
+    async def prepare(self, payload: Payload) -> None:
+        """Whatever the client must have ready before the clock starts (a
+        file on disk, one contiguous body); nothing by default."""
+        del payload
+
+    @abc.abstractmethod
     async def upload(self, session: aiohttp.ClientSession, payload: Payload) -> Any:
-        raise NotImplementedError
+        """Store the payload; returns what :meth:`download` needs."""
 
+    @abc.abstractmethod
     async def download(self, session: aiohttp.ClientSession, handle: Any) -> int:
-        raise NotImplementedError
+        """Fetch a stored payload to the end; returns its length."""
 
+    @abc.abstractmethod
     async def delete(self, session: aiohttp.ClientSession, handle: Any) -> None:
-        raise NotImplementedError
+        """Remove a stored payload (untimed clean-up)."""
 
     def can_download(self) -> bool:
         return True
@@ -247,15 +256,24 @@ class Boto3Target(Target):
     mode: str = "object"
     scratch: Path = Path()
 
-    async def upload(self, session: aiohttp.ClientSession, payload: Payload) -> Any:
-        key = f"bench/{secrets.token_hex(16)}"
-        if self.mode == "object":
-            body = (
+    _body: bytes = field(default=b"", repr=False)
+
+    async def prepare(self, payload: Payload) -> None:
+        if self.mode == "transfer":
+            payload.on_disk(self.scratch)
+        elif len(self._body) != payload.size:
+            self._body = (
                 payload.block
                 if payload.size == len(payload.block)
                 else b"".join(payload.pieces(16 * MIB))
             )
-            await asyncio.to_thread(self.client.put_object, Bucket=self.bucket, Key=key, Body=body)
+
+    async def upload(self, session: aiohttp.ClientSession, payload: Payload) -> Any:
+        key = f"bench/{secrets.token_hex(16)}"
+        if self.mode == "object":
+            await asyncio.to_thread(
+                self.client.put_object, Bucket=self.bucket, Key=key, Body=self._body
+            )
         else:
             path = payload.on_disk(self.scratch)
             await asyncio.to_thread(self.client.upload_file, str(path), self.bucket, key)
@@ -309,6 +327,9 @@ class CopyCeiling(Target):
 
     def can_download(self) -> bool:
         return False
+
+    async def download(self, session: aiohttp.ClientSession, handle: Any) -> int:
+        raise RuntimeError(f"{self.name} has no download figure (can_download is False)")
 
     async def delete(self, session: aiohttp.ClientSession, handle: Any) -> None:
         Path(handle).unlink()

@@ -150,6 +150,7 @@ class Transfer:
     async def _once(
         self, target: Target, payload: Payload
     ) -> tuple[float, float | None, float, float, int]:
+        await target.prepare(payload)
         async with _session() as session:
             with _sampler(target) as s_up:
                 start = time.perf_counter()

@@ -8,7 +8,7 @@ import pytest
 from bench import goals
 from bench.report import markdown
 from bench.suite import parse_workload
-from bench.targets import Payload, Target
+from bench.targets import AesCeiling, Payload, Target
 from bench.workloads import Purge, Result, Results, Small, Transfer, rounds
 
 
@@ -27,7 +27,7 @@ def test_workload_names() -> None:
 
 
 def test_rounds_alternate_and_rotate() -> None:
-    a, b, c = (Target(n, "", "x") for n in "abc")
+    a, b, c = (AesCeiling(n, "", "ceiling") for n in "abc")
     order = [t.name for _, t in rounds([a, b, c], 3)]
     assert order == list("abcbcacab")
 
@@ -88,7 +88,10 @@ def test_unmeasured_goals_say_so() -> None:
 
 def test_the_report_has_a_row_per_target_and_the_goals() -> None:
     results = _results(400.0, 500.0, 10.0, 10.0)
-    targets = [Target("filestore-sqlite", "fs", "filestore"), Target("aiohttp-durable", "a", "b")]
+    targets: list[Target] = [
+        AesCeiling("filestore-sqlite", "fs", "filestore"),
+        AesCeiling("aiohttp-durable", "a", "baseline"),
+    ]
     verdicts = goals.evaluate(results, workers_available=False)
     meta = {
         "started_at": "now",
