@@ -9,6 +9,8 @@ is skipped with the reason, which the report shows; the others still run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import pwd
 import shutil
@@ -125,9 +127,13 @@ class Lab:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FILESTORE_", "AWS_"))}
         database_url = f"sqlite:///{data_dir / 'filestore.db'}"
         s3: tuple[Any, str, str] | None = None
+        info: dict[str, Any] = {"backend": backend, "workers": workers or 1}
         if backend == "postgresql":
+            from tests.support.postgres import find_bin_dir
+
             pg = self.postgres()
             database_url = pg.url(asyncio.run(pg.create_database()))
+            info["postgresql"] = _first_line([str(find_bin_dir() / "pg_ctl"), "--version"])
         elif backend == "s3":
             seaweed = self.seaweed()
             bucket = seaweed.create_bucket()
@@ -136,6 +142,7 @@ class Lab:
                 {f"FILESTORE_{k.upper()}": str(v) for k, v in seaweed.settings(bucket).items()}
             )
             s3 = (seaweed.client(timeout=60), bucket, "filestore/")
+            info["seaweedfs"] = _first_line([str(seaweed.weed), "version"])
         client_key, operator_key = asyncio.run(_make_keys(database_url))
         port = free_port()
         env.update(
@@ -172,7 +179,7 @@ class Lab:
             "filestore",
             pid=process.pid,
             abilities=frozenset({"transfer", "small", "purge"}),
-            info={"backend": backend, "workers": workers or 1},
+            info=info,
             base=f"http://127.0.0.1:{port}",
             client_key=client_key,
             operator_key=operator_key,
@@ -269,7 +276,7 @@ class Lab:
             "peer",
             pid=process.pid,
             base=f"http://127.0.0.1:{port}",
-            info={"node": node_version()},
+            info={"node": node_version(), "packages": tus_versions(modules)},
         )
 
     def boto3(self, name: str, mode: str) -> Boto3Target:
@@ -371,6 +378,16 @@ def nginx_version() -> str:
 
 def node_version() -> str:
     return _first_line(["node", "--version"]) if shutil.which("node") else ""
+
+
+def tus_versions(modules: Path) -> dict[str, str]:
+    """Versions of the tus packages actually installed."""
+    out = {}
+    for name in ("server", "file-store"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            meta = json.loads((modules / "@tus" / name / "package.json").read_text())
+            out[f"@tus/{name}"] = str(meta["version"])
+    return out
 
 
 def default_cache() -> Path:

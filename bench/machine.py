@@ -15,6 +15,7 @@ from typing import Any
 from bench.lab import REPO, nginx_version, node_version
 
 PACKAGES = (
+    "filestore",
     "aiohttp",
     "cryptography",
     "boto3",
