@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         help="record the target's server with py-spy during that workload",
     )
     parser.add_argument(
-        "--profile-format", choices=["flamegraph", "speedscope"], default="flamegraph"
+        "--profile-format", choices=["flamegraph", "speedscope", "raw"], default="flamegraph"
     )
     parser.add_argument("--cache", type=Path, help="where npm ci installs the tus peer")
     return parser

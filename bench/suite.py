@@ -118,7 +118,8 @@ def find_py_spy() -> str | None:
 @contextlib.contextmanager
 def py_spy(target: Target, label: str, out: Path, fmt: str, registry: Registry) -> Iterator[None]:
     """``py-spy record`` on the target's server tree while the block runs;
-    the profile lands in ``out`` (SVG flamegraph or speedscope JSON)."""
+    the profile lands in ``out`` (SVG flamegraph, speedscope JSON, or the
+    folded stacks as text: one line per stack with its sample count)."""
     exe = find_py_spy()
     if exe is None or target.pid is None:
         print(
@@ -127,7 +128,7 @@ def py_spy(target: Target, label: str, out: Path, fmt: str, registry: Registry) 
         )
         yield
         return
-    suffix = "svg" if fmt == "flamegraph" else "speedscope.json"
+    suffix = {"flamegraph": "svg", "speedscope": "speedscope.json", "raw": "folded.txt"}[fmt]
     dest = out / f"profile-{target.name}-{label}.{suffix}"
     with (out / f"profile-{target.name}-{label}.log").open("wb") as log:
         proc = subprocess.Popen(
