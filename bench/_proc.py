@@ -56,3 +56,11 @@ def descendants(root: int, limit: int = 10_000) -> list[int]:
         found.append(pid)
         todo.extend(children.get(pid, []))
     return found
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of one process (``VmRSS``), MiB; NaN if not shown."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")

@@ -66,9 +66,8 @@ from typing import Any
 
 import aiohttp
 
-from bench._proc import cpu_delta, descendants, tree_cpu
+from bench._proc import cpu_delta, descendants, rss_mib, tree_cpu
 from bench._report import command_line
-from bench.bench_gateway import rss_mib
 from filestore.clock import parse_time
 from tests.support import db
 from tests.support.standalone import Standalone, standalone_server

@@ -1,0 +1,1 @@
+"""Peers and baselines the suite runs beside filestore."""
