@@ -57,6 +57,8 @@ from filestore.storage.base import BlobWriter, StoredBlob
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
+#: HTTP connections kept per worker thread (see _connect).
+POOL_PER_WORKER = 4
 #: Default piece size of :meth:`S3BlobStore.read`.
 PIECE_SIZE = 1 << 20
 CONNECT_TIMEOUT = 5.0
@@ -190,7 +192,11 @@ class S3BlobStore:
             read_timeout=READ_TIMEOUT,
             retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
             s3={"addressing_style": settings.s3_addressing_style},
-            max_pool_connections=self._max_workers,
+            # A download's open body holds its connection between reads,
+            # outside the worker threads: size the pool for the streams in
+            # flight, not the threads, or every stream past the threads'
+            # number tears its connection down and the next opens a new one.
+            max_pool_connections=POOL_PER_WORKER * self._max_workers,
         )
         try:
             self._client = boto3.session.Session().client(
