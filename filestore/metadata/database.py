@@ -7,10 +7,11 @@ it runs and in what transaction, so the store is written once:
 * **SQLite**: one connection owned by one thread. A method is one hop to
   that thread and one ``BEGIN IMMEDIATE`` transaction (``BEGIN`` for reads),
   so the event loop never blocks and SQLite's single writer is never fought
-  over inside the process. Between processes (``serve --workers``, the CLI
-  beside a server) writers queue on a file lock (:class:`_WriteLock`)
-  rather than SQLite's busy handler. WAL mode, ``secure_delete=ON``,
-  ``synchronous=FULL``.
+  over inside the process. Writes waiting there together commit as one
+  group (one commit, one WAL fsync; each write keeps its own outcome).
+  Between processes (``serve --workers``, the CLI beside a server) writers
+  queue on a file lock (:class:`_WriteLock`) rather than SQLite's busy
+  handler. WAL mode, ``secure_delete=ON``, ``synchronous=FULL``.
 * **PostgreSQL**: an asyncpg pool under SQLAlchemy's asyncio engine; the same
   function runs through ``AsyncConnection.run_sync``, so every statement is
   awaited on the loop, nothing blocks.
