@@ -320,7 +320,19 @@ class Supervisor:
         log.info("started worker %s (pid %d)", slot.name, slot.proc.pid)
 
     async def _watch(self, slot: _Slot, port: int) -> int:
-        """Run one slot until the service stops; its last exit status."""
+        """Run one slot until the service stops; its last exit status. A
+        worker that cannot even be started (no memory, no descriptors) ends
+        the service: it would not start the next time either."""
+        try:
+            return await self._watch_slot(slot, port)
+        except Exception:
+            log.exception("could not run worker %s; stopping", slot.name)
+            self._fail(1)
+            if slot.proc is not None and slot.proc.returncode is None:
+                return await self._terminate(slot, None)
+            return 1
+
+    async def _watch_slot(self, slot: _Slot, port: int) -> int:
         loop = asyncio.get_running_loop()
         while True:
             if self._stop.is_set():
