@@ -5,7 +5,7 @@ Every store method is a plain synchronous function over a SQLAlchemy Core
 it runs and in what transaction, so the store is written once:
 
 * **SQLite**: one connection owned by one thread. A method is one hop to
-  that thread and one ``BEGIN IMMEDIATE`` transaction (``BEGIN`` for reads),
+  that thread and one ``BEGIN IMMEDIATE`` transaction (reads: autocommit),
   so the event loop never blocks and SQLite's single writer is never fought
   over inside the process. Writes waiting there together commit as one
   group (one commit, one WAL fsync; each write keeps its own outcome).
