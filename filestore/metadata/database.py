@@ -174,6 +174,9 @@ class SQLiteDatabase(Database):
 
             with _file_lock(self.path.with_name(self.path.name + ".migrate-lock")):
                 upgrade(conn)
+            # Now, not at the first write: a running store keeps working if
+            # the directory later turns read-only, as the open file does.
+            self._write_lock.open()
         except BaseException:
             conn.close()
             raise
@@ -354,16 +357,20 @@ class _WriteLock:
     second behind each other. A blocked ``flock`` is woken the moment the
     holder releases it. It is held only by this process's database thread
     for one transaction, which SQLite's ``busy_timeout`` still bounds when a
-    writer outside filestore holds the database. Opened lazily on the
-    database thread; the descriptor is not inherited by child processes."""
+    writer outside filestore holds the database. Opened when the store
+    opens; the descriptor is not inherited by child processes."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
 
-    def __enter__(self) -> None:
+    def open(self) -> None:
         if self._fd is None:
             self._fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+
+    def __enter__(self) -> None:
+        self.open()
+        assert self._fd is not None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
