@@ -179,10 +179,10 @@ def _order(rounds: int) -> list[int]:
     return out
 
 
-def report(rounds: list[Round], count: int) -> str:
+def report(rounds: list[Round], count: int, load_before: float) -> str:
     lines = [
         f"{count} x {SIZE // 1024} KiB uploads per round, concurrency {CONCURRENCY}, "
-        f"load average before: {os.getloadavg()[0]:.2f}",
+        f"load average (1 min) before: {load_before:.2f}, after: {os.getloadavg()[0]:.2f}",
         "",
         "| backend | workers | req/s (rounds) | median req/s | p50 ms | p99 ms "
         "| server CPU µs/req | client CPU µs/req | failures |",
@@ -220,6 +220,7 @@ async def main() -> None:
     args = parser.parse_args()
     rounds_n, count = (1, 500) if args.quick else (args.rounds, args.count)
     backends = [b for b in args.backends.split(",") if b]
+    load_before = os.getloadavg()[0]
     pg = None
     if "postgresql" in backends:
         from tests.support.postgres import PostgresServer
@@ -240,7 +241,7 @@ async def main() -> None:
         if pg is not None:
             await asyncio.to_thread(pg.stop)
     print()
-    print(report(rounds, count))
+    print(report(rounds, count, load_before))
 
 
 if __name__ == "__main__":
