@@ -193,6 +193,8 @@ class Supervisor:
         self._ready_r, self._ready_w = os.pipe()
         os.set_blocking(self._ready_r, False)
         self._buffer = b""
+        #: The last pid each worker name announced, until its slot takes it.
+        self._announced: dict[str, str] = {}
 
     # ------------------------------------------------------------ the run
     async def run(self) -> int:
@@ -274,10 +276,19 @@ class Supervisor:
         *lines, self._buffer = self._buffer.split(b"\n")
         for line in lines:
             name, _, pid = line.decode(errors="replace").partition(" ")
+            # A fast worker's line can arrive before its spawn has returned
+            # the process: kept until _spawn knows the pid.
+            self._announced[name] = pid
             for slot in self.slots:
-                if slot.name == name and slot.proc is not None and str(slot.proc.pid) == pid:
-                    slot.ready.set()
-                    log.info("worker %s (pid %s) is listening", name, pid)
+                if slot.name == name:
+                    self._check_ready(slot)
+
+    def _check_ready(self, slot: _Slot) -> None:
+        """Mark ``slot`` ready if its current process announced itself."""
+        if slot.proc is not None and self._announced.get(slot.name) == str(slot.proc.pid):
+            del self._announced[slot.name]
+            slot.ready.set()
+            log.info("worker %s (pid %d) is listening", slot.name, slot.proc.pid)
 
     # ------------------------------------------------------------ one slot
     def command(self, slot: _Slot, port: int) -> list[str]:
@@ -318,6 +329,7 @@ class Supervisor:
             env={k: v for k, v in os.environ.items() if k != "FILESTORE_WORKERS"},
         )
         log.info("started worker %s (pid %d)", slot.name, slot.proc.pid)
+        self._check_ready(slot)
 
     async def _watch(self, slot: _Slot, port: int) -> int:
         """Run one slot until the service stops; its last exit status. A

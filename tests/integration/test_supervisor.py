@@ -24,7 +24,7 @@ root = {root!r}
 if os.path.exists(os.path.join(root, "fail-early")):
     sys.exit(3)
 os.write(fd, f"{{name}} {{os.getpid()}}\\n".encode())
-for _ in range(3000):
+for _ in range(12000):
     if os.path.exists(os.path.join(root, "go")):
         break
     time.sleep(0.01)
@@ -69,7 +69,9 @@ async def test_a_worker_that_keeps_crashing_ends_the_service(tmp_path: Path) -> 
     assert supervisor._listening, "the stand-in workers never became ready"
     first_pids = {s.proc.pid for s in supervisor.slots if s.proc is not None}
     (tmp_path / "go").touch()  # every worker now exits with status 4 as soon as it starts
-    assert await asyncio.wait_for(run, 120) == 1
-    assert max(s.crashes for s in supervisor.slots) == 3
+    status = await asyncio.wait_for(run, 240)
+    state = [(s.name, s.crashes, s.proc and s.proc.returncode) for s in supervisor.slots]
+    assert status == 1, state
+    assert max(s.crashes for s in supervisor.slots) == 3, state
     assert all(s.proc is not None and s.proc.returncode is not None for s in supervisor.slots)
     assert {s.proc.pid for s in supervisor.slots if s.proc is not None} != first_pids

@@ -10,9 +10,11 @@ import io
 import json
 import logging
 import multiprocessing
+import os
 import socket
 from multiprocessing.synchronize import Event
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -152,3 +154,26 @@ async def test_a_writer_in_another_process_is_waited_for(tmp_path: Path) -> None
         release.set()
         other.join(30)
         await db.close()
+
+
+async def test_a_worker_announcing_itself_before_its_spawn_returns_is_seen(
+    tmp_path: Path,
+) -> None:
+    """A fast worker can write its line before the supervisor has its
+    process object: the line waits for the pid instead of being dropped."""
+    supervisor = Supervisor(Settings.load(env={}, data_dir=str(tmp_path)), 2)
+    slot = supervisor.slots[1]
+    try:
+        os.write(supervisor._ready_w, f"{slot.name} 4242\n{supervisor.slots[0].name} 1".encode())
+        supervisor._read_ready()
+        assert not slot.ready.is_set()
+        slot.proc = SimpleNamespace(pid=4243)  # type: ignore[assignment]
+        supervisor._check_ready(slot)
+        assert not slot.ready.is_set()  # another process's line
+        slot.proc = SimpleNamespace(pid=4242)  # type: ignore[assignment]
+        supervisor._check_ready(slot)
+        assert slot.ready.is_set()
+        assert not supervisor.slots[0].ready.is_set()  # its line is not complete yet
+    finally:
+        os.close(supervisor._ready_r)
+        os.close(supervisor._ready_w)
