@@ -18,12 +18,13 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
 
-from filestore import __version__, audit_cli, logs, status_link
+from filestore import __version__, audit_cli, logs, status_link, workers
 from filestore.api.access_log import AccessLogger
 from filestore.api.app import create_app
 from filestore.api.connections import GuardedSite
@@ -65,6 +66,17 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not run the purge scheduler here (run `filestore scheduler` or cron)",
     )
+    serve.add_argument(
+        "--workers",
+        type=workers.worker_count,
+        metavar="N",
+        help="gateway processes sharing the port with SO_REUSEPORT, one event loop each "
+        "(FILESTORE_WORKERS; default 1: this process serves alone)",
+    )
+    # Set by the supervisor of --workers on the serve it starts per worker.
+    serve.add_argument("--worker", help=argparse.SUPPRESS)
+    serve.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--supervisor", type=int, help=argparse.SUPPRESS)
 
     sub.add_parser("purge", help="run one purge pass and exit (for cron)")
     sub.add_parser("scheduler", help="run the purge scheduler without the HTTP API")
@@ -92,17 +104,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {}
-    for name in ("host", "port", "data_dir"):
+    for name in ("host", "port", "data_dir", "workers"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
     return Settings.load(config_file=args.config, **overrides)
-
-
-def _setup_logging(level: str, log_format: str = "text") -> None:
-    # Text for a terminal, or one JSON object per line (filestore.logs);
-    # APScheduler and Alembic are kept to warnings.
-    logs.configure(level, log_format, sys.stderr)
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -114,11 +120,23 @@ def _stop_on_signals() -> asyncio.Event:
     return stop
 
 
-async def _serve(settings: Settings, run_scheduler: bool = True) -> None:
+@dataclass(frozen=True)
+class _Worker:
+    """What the supervisor of ``--workers`` tells the serve it starts."""
+
+    name: str
+    ready_fd: int
+
+
+async def _serve(
+    settings: Settings, run_scheduler: bool = True, worker: _Worker | None = None
+) -> None:
     # Handlers first: a SIGTERM at any point after start-up is a clean stop.
     stop = _stop_on_signals()
-    async with open_services(settings, SystemClock()) as services:
-        first_key = await ensure_first_key(services)
+    instance = None if worker is None else worker.name
+    async with open_services(settings, SystemClock(), instance) as services:
+        # A worker's supervisor made the first key before starting any.
+        first_key = None if worker is not None else await ensure_first_key(services)
         if first_key is not None:
             print("Created a first client key for tenant 'default'; it is shown only once.")
             print(f"API key: {first_key}", flush=True)
@@ -137,7 +155,11 @@ async def _serve(settings: Settings, run_scheduler: bool = True) -> None:
         # A TCP site whose connections must finish each request head within
         # HEADER_TIMEOUT (filestore.api.connections).
         site = GuardedSite(
-            runner, settings.host, settings.port, header_timeout=settings.header_timeout
+            runner,
+            settings.host,
+            settings.port,
+            header_timeout=settings.header_timeout,
+            reuse_port=worker is not None,
         )
         await site.start()
         port = site.port
@@ -147,7 +169,11 @@ async def _serve(settings: Settings, run_scheduler: bool = True) -> None:
             # The purge runs elsewhere, but KEKs held here must still die on
             # time: the key step alone keeps its own timer.
             scheduler.start(keys_only=True)
-        print(f"filestore {__version__} listening on http://{settings.host}:{port}", flush=True)
+        if worker is None:
+            print(f"filestore {__version__} listening on http://{settings.host}:{port}", flush=True)
+        else:
+            # The supervisor says "listening" once every worker does.
+            workers.announce_ready(worker.ready_fd, worker.name)
         try:
             await stop.wait()
         finally:
@@ -250,8 +276,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The client's own exit codes (filestore/client/cli.py).
             return client_cli.run(args)
         settings = _settings(args)
-        _setup_logging(settings.log_level, settings.log_format)
-        if args.command == "serve":
+        worker = getattr(args, "worker", None)
+        if worker is not None:
+            workers.die_with_parent(args.supervisor)
+        # Text for a terminal, or one JSON object per line (filestore.logs),
+        # a worker's records stamped with its name.
+        logs.configure(
+            settings.log_level,
+            settings.log_format,
+            sys.stderr,
+            fields=None if worker is None else {"worker": worker},
+        )
+        if args.command == "serve" and worker is not None:
+            with contextlib.suppress(KeyboardInterrupt):
+                asyncio.run(
+                    _serve(settings, not args.no_scheduler, _Worker(worker, args.ready_fd))
+                )
+        elif args.command == "serve" and settings.workers > 1:
+            return workers.run(
+                settings,
+                settings.workers,
+                run_scheduler=not args.no_scheduler,
+                config_file=args.config,
+            )
+        elif args.command == "serve":
             with contextlib.suppress(KeyboardInterrupt):
                 asyncio.run(_serve(settings, not args.no_scheduler))
         elif args.command == "purge":

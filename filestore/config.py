@@ -191,6 +191,9 @@ class Settings:
     database_url: str = field(default="", repr=False)
     #: Connections kept open to PostgreSQL by each process.
     database_pool_size: int = 10
+    #: Gateway processes ``filestore serve`` runs on one port (SO_REUSEPORT);
+    #: 1 is a single process with no supervisor (filestore.workers).
+    workers: int = 1
     max_file_size: int = 10 << 30
     default_ttl: float = 3600.0
     max_ttl: float = DAY - 120.0
@@ -444,6 +447,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "storage": _parse_storage,
     "database_url": _parse_database_url,
     "database_pool_size": lambda v: _positive(int(v)),
+    "workers": lambda v: _positive(int(v)),
     "key_schedule": _parse_key_schedule,
     "ratchet_file": str,
     "cluster_secret_file": str,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -77,11 +78,38 @@ class _Handler(logging.StreamHandler[TextIO]):
     again); handlers others installed are left alone."""
 
 
-def configure(level: str, log_format: str = "text", stream: TextIO | None = None) -> None:
+class _Fields(logging.Filter):
+    """Stamps fixed fields on every record the handler writes (a worker's
+    name): a handler filter, so records of every logger get them."""
+
+    def __init__(self, fields: Mapping[str, str]) -> None:
+        super().__init__()
+        self.fields = dict(fields)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in self.fields.items():
+            setattr(record, key, value)
+        return True
+
+
+def configure(
+    level: str,
+    log_format: str = "text",
+    stream: TextIO | None = None,
+    fields: Mapping[str, str] | None = None,
+) -> None:
     """Send every log record at ``level`` or above to ``stream`` (stderr)
-    in ``log_format``."""
+    in ``log_format``. ``fields`` are added to every record: JSON keys, and
+    in text after the level (``worker=gw-…-w1``)."""
     handler = _Handler(stream or sys.stderr)
     handler.setFormatter(formatter(log_format))
+    if fields:
+        handler.addFilter(_Fields(fields))
+        if log_format == "text":
+            text = " ".join(f"{k}={v}" for k, v in fields.items()).replace("%", "%%")
+            handler.setFormatter(
+                logging.Formatter(TEXT_FORMAT.replace("%(levelname)s ", f"%(levelname)s {text} "))
+            )
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _Handler)]:
         root.removeHandler(old)

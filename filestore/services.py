@@ -79,11 +79,14 @@ async def open_blobs(settings: Settings) -> BlobStore:
 
 
 @contextlib.asynccontextmanager
-async def open_services(settings: Settings, clock: Clock | None = None) -> AsyncIterator[Services]:
+async def open_services(
+    settings: Settings, clock: Clock | None = None, instance: str | None = None
+) -> AsyncIterator[Services]:
     """Open every backend and key; close them in reverse order on exit.
 
     Creates the data directory, keyring (or joins the cluster's ratchet)
-    and signing key on first use.
+    and signing key on first use. ``instance`` names this process in leases
+    and pass reports (a worker's slot name); None draws a random one.
     """
     clock = clock or SystemClock()
     await asyncio.to_thread(settings.data_dir.mkdir, parents=True, exist_ok=True, mode=0o700)
@@ -108,7 +111,7 @@ async def open_services(settings: Settings, clock: Clock | None = None) -> Async
             keyring = ring
         blobs = await open_blobs(settings)
         stack.push_async_callback(blobs.close)
-        lifecycle = Lifecycle(settings, metadata, blobs, keyring, clock)
+        lifecycle = Lifecycle(settings, metadata, blobs, keyring, clock, instance)
         yield Services(
             settings, clock, metadata, blobs, keyring, signing_key, links, lifecycle, secret
         )

@@ -204,11 +204,15 @@ class GuardedSite(web.BaseSite):
         *,
         header_timeout: float,
         backlog: int = 128,
+        reuse_port: bool = False,
     ) -> None:
         super().__init__(runner, backlog=backlog)
         self.deadlines = HeadDeadlines(header_timeout)
         self._host = host
         self._port = port
+        #: SO_REUSEPORT: the workers of ``serve --workers`` each listen on
+        #: the same port and the kernel spreads connections between them.
+        self._reuse_port = reuse_port
 
     @property
     def name(self) -> str:
@@ -235,5 +239,9 @@ class GuardedSite(web.BaseSite):
             return _Guarded(server(), deadlines)
 
         self._server = await asyncio.get_running_loop().create_server(
-            protocol, self._host, self._port, backlog=self._backlog
+            protocol,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_port=self._reuse_port or None,
         )

@@ -5,9 +5,13 @@ Every store method is a plain synchronous function over a SQLAlchemy Core
 it runs and in what transaction, so the store is written once:
 
 * **SQLite**: one connection owned by one thread. A method is one hop to
-  that thread and one ``BEGIN IMMEDIATE`` transaction (``BEGIN`` for reads),
+  that thread and one ``BEGIN IMMEDIATE`` transaction (reads: autocommit),
   so the event loop never blocks and SQLite's single writer is never fought
-  over inside the process. WAL mode, ``secure_delete=ON``, ``synchronous=FULL``.
+  over inside the process. Writes waiting there together commit as one
+  group (one commit, one WAL fsync; each write keeps its own outcome).
+  Between processes (``serve --workers``, the CLI beside a server) writers
+  queue on a file lock (:class:`_WriteLock`) rather than SQLite's busy
+  handler. WAL mode, ``secure_delete=ON``, ``synchronous=FULL``.
 * **PostgreSQL**: an asyncpg pool under SQLAlchemy's asyncio engine; the same
   function runs through ``AsyncConnection.run_sync``, so every statement is
   awaited on the loop, nothing blocks.
@@ -132,6 +136,7 @@ class SQLiteDatabase(Database):
         self._writes: collections.deque[
             tuple[Callable[[sa.Connection], Any], Future[Any]]
         ] = collections.deque()
+        self._write_lock = _WriteLock(path.with_name(path.name + ".write-lock"))
         sa.event.listen(self.engine, "connect", self._on_connect)
         sa.event.listen(self.engine, "begin", _sqlite_begin)
 
@@ -169,6 +174,9 @@ class SQLiteDatabase(Database):
 
             with _file_lock(self.path.with_name(self.path.name + ".migrate-lock")):
                 upgrade(conn)
+            # Now, not at the first write: a running store keeps working if
+            # the directory later turns read-only, as the open file does.
+            self._write_lock.open()
         except BaseException:
             conn.close()
             raise
@@ -243,7 +251,7 @@ class SQLiteDatabase(Database):
         conn.info["write"] = True
         outcomes: list[tuple[bool, Any]] = []
         try:
-            with conn.begin():
+            with self._write_lock, conn.begin():
                 # Savepoints straight on the driver: SQLAlchemy's own nested
                 # transactions cost more than the statements they guard.
                 raw = conn.connection.dbapi_connection
@@ -300,14 +308,17 @@ class SQLiteDatabase(Database):
             return False
         raw = self._conn.connection.dbapi_connection
         assert raw is not None
-        raw.execute("PRAGMA busy_timeout=0")
-        try:
-            busy, _log, _done = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            return bool(busy == 0)
-        except sqlite3.Error:
-            return False
-        finally:
-            raw.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
+        # As a writer: another process's write cannot start meanwhile (and
+        # make this attempt fail) — only a reader can keep the WAL.
+        with self._write_lock:
+            raw.execute("PRAGMA busy_timeout=0")
+            try:
+                busy, _log, _done = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                return bool(busy == 0)
+            except sqlite3.Error:
+                return False
+            finally:
+                raw.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
 
     async def close(self) -> None:
         """Close the connection and stop the threads; safe to call twice."""
@@ -320,6 +331,7 @@ class SQLiteDatabase(Database):
                 self._conn.close()
                 self._conn = None
             self.engine.dispose()
+            self._write_lock.close()
 
         await asyncio.get_running_loop().run_in_executor(self._executor, fn)
         self._executor.shutdown(wait=True)
@@ -331,6 +343,47 @@ def _sqlite_begin(conn: sa.Connection) -> None:
     write = conn.info.get("write", True)
     if write is not None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+class _WriteLock:
+    """An exclusive ``flock`` held around every write transaction, so the
+    processes sharing one SQLite file take turns as writers in the kernel's
+    wake-up order.
+
+    Without it a process that finds the write lock taken waits in SQLite's
+    busy handler, which sleeps in growing steps (up to 100 ms) and retries:
+    with two busy writers the one sleeping kept losing to the one that just
+    committed, and uploads through ``serve --workers 2`` waited up to a
+    second behind each other. A blocked ``flock`` is woken the moment the
+    holder releases it. It is held only by this process's database thread
+    for one transaction, which SQLite's ``busy_timeout`` still bounds when a
+    writer outside filestore holds the database. Opened when the store
+    opens; the descriptor is not inherited by child processes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def open(self) -> None:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+
+    def __enter__(self) -> None:
+        self.open()
+        assert self._fd is not None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._fd is not None
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 @contextlib.contextmanager
