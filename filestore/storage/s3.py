@@ -18,7 +18,10 @@ Timeouts and retries are short, so an outage surfaces within seconds.
 
 Deletion is complete and verified: every incomplete multipart upload of the
 key, every version and delete marker (where the bucket is or was
-versioned), then a ``HEAD`` and a version listing must find nothing. See
+versioned), then a ``HEAD`` and a version listing must find nothing. The
+purge's batches (:meth:`S3BlobStore.delete_many`) delete 1,000 keys a
+``DeleteObjects`` request and verify with a listing of the keys' ranges
+instead of a HEAD per key where the bucket is sparse enough. See
 ``deploy/S3.md`` for the permissions this needs and the lifecycle backstop.
 """
 
@@ -32,7 +35,7 @@ import logging
 import re
 import secrets
 import weakref
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Generator, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -68,6 +71,9 @@ MAX_ATTEMPTS = 3
 DELETE_BATCH = 1000
 #: Entries :meth:`S3BlobStore.list_blobs` fetches per thread hop.
 LIST_BATCH = 1000
+#: A verifying listing page that settles fewer of a batch's keys than this
+#: means the bucket is dense there: the rest is checked with HEADs instead.
+DENSE_PAGE = 8
 
 _NAME = re.compile(r"[0-9a-f]{32}")
 _SAFE_CODE = re.compile(r"[A-Za-z0-9.]{1,64}")
@@ -318,6 +324,68 @@ class S3BlobStore:
         if self._head(key) is not None or (self.versioned and self._versions(key)):
             raise StorageUnavailable("a blob is still present in S3 after deletion")
 
+    def _abort_uploads_of(self, keys: set[str]) -> None:
+        """Abort every incomplete multipart upload of ``keys``: one listing of
+        the prefix's uploads (few: uploads in flight and those a crash left,
+        which the lifecycle rule ages out) instead of one per key."""
+        pages = self._client.get_paginator("list_multipart_uploads")
+        for page in pages.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for upload in page.get("Uploads", ()):
+                if upload["Key"] in keys:
+                    self._abort_upload(str(upload["Key"]), str(upload["UploadId"]))
+
+    def _delete_batch(self, keys: list[str]) -> tuple[dict[str, str], list[str]]:
+        """Abort the keys' uploads, then ``DeleteObjects`` at most
+        :data:`DELETE_BATCH` keys a request, its reply read key by key (a 200
+        may still refuse some). Returns the keys S3 refused, with its error
+        code, and the keys whose deletion left a delete marker (the bucket
+        became versioned: they need every version removed)."""
+        self._abort_uploads_of(set(keys))
+        refused: dict[str, str] = {}
+        marked: list[str] = []
+        for start in range(0, len(keys), DELETE_BATCH):
+            reply = self._client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": k} for k in keys[start : start + DELETE_BATCH]]},
+            )
+            for error in reply.get("Errors", ()):
+                code = str(error.get("Code"))
+                if code not in _GONE:
+                    refused[str(error.get("Key"))] = code if _SAFE_CODE.fullmatch(code) else "?"
+            marked += [
+                str(d["Key"])
+                for d in reply.get("Deleted", ())
+                if d.get("DeleteMarker") or d.get("DeleteMarkerVersionId")
+            ]
+        if refused:
+            codes = ", ".join(sorted(set(refused.values())))
+            log.warning("S3 refused to delete %d blobs (%s)", len(refused), codes)
+        return refused, marked
+
+    def _listed(self, keys: list[str]) -> tuple[set[str], list[str]]:
+        """Which of the sorted ``keys`` a listing shows, walking the key space
+        from each unsettled key (``StartAfter`` just below it) a page at a
+        time: a page settles every key up to its last entry, present or not.
+        Where the bucket is too dense for that (a page settles fewer than
+        :data:`DENSE_PAGE` keys), the rest is returned unsettled, for HEADs."""
+        present: set[str] = set()
+        at = 0
+        while at < len(keys):
+            page = self._client.list_objects_v2(
+                Bucket=self.bucket, Prefix=self.prefix, StartAfter=keys[at][:-1], MaxKeys=1000
+            )
+            listed = [str(item["Key"]) for item in page.get("Contents", ())]
+            end = at
+            while end < len(keys) and (
+                not page.get("IsTruncated") or (listed and keys[end] <= listed[-1])
+            ):
+                end += 1
+            present.update(set(listed).intersection(keys[at:end]))
+            if end - at < DENSE_PAGE:
+                return present, keys[end:]
+            at = end
+        return present, []
+
     def _walk(self) -> Generator[StoredBlob, None, None]:
         """Objects (every key with a version left, where versioned) with the
         newest time per key, then incomplete multipart uploads."""
@@ -415,6 +483,72 @@ class S3BlobStore:
         unversioned, the object; then verify: HEAD 404 and no versions left,
         else StorageUnavailable. A missing blob is not an error."""
         await self._pool.run("delete a blob", functools.partial(self._remove, self._key(name)))
+
+    async def delete_many(self, names: Sequence[str]) -> dict[str, StorageUnavailable | None]:
+        """The purge's batch deletion. Unversioned: abort the keys' incomplete
+        uploads (one listing), ``DeleteObjects`` 1,000 keys a request, then
+        :meth:`still_present` must not find a key — so a key counts as gone
+        only when S3 accepted its deletion *and* a read made afterwards (a
+        listing of its range, or a HEAD) does not show it. A key S3 refused
+        or still shows gets its error and stays pending. Versioned buckets,
+        and keys whose deletion left a delete marker, go through
+        :meth:`delete` key by key (every version and marker)."""
+        by_key = {self._key(name): name for name in names}
+        outcome: dict[str, StorageUnavailable | None] = {}
+        batch = [] if self.versioned else sorted(by_key)
+        one_by_one = list(by_key) if self.versioned else []
+        if batch:
+            try:
+                refused, marked = await self._pool.run(
+                    "delete blobs", functools.partial(self._delete_batch, batch)
+                )
+                if marked:
+                    log.warning("S3 bucket %s is versioned now; deleting versions", self.bucket)
+                    self.versioned = True
+                    one_by_one += marked
+                done = [k for k in batch if k not in refused and k not in marked]
+                left = await self._present(done)
+            except StorageUnavailable as exc:
+                outcome.update((by_key[k], exc) for k in batch)
+            else:
+                refusal = StorageUnavailable("S3 storage refused to delete a blob")
+                still = StorageUnavailable("a blob is still present in S3 after deletion")
+                outcome.update((by_key[k], refusal) for k in refused)
+                outcome.update((by_key[k], still if k in left else None) for k in done)
+        one = await asyncio.gather(
+            *(self.delete(by_key[k]) for k in one_by_one), return_exceptions=True
+        )
+        for key, result in zip(one_by_one, one, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, StorageUnavailable):
+                raise result
+            outcome[by_key[key]] = result
+        return outcome
+
+    async def still_present(self, names: Sequence[str]) -> set[str]:
+        """Names with an object (or, versioned, any version or marker) left:
+        a listing walk over the names' ranges where the bucket is sparse
+        enough for a page to cover several (see :meth:`_listed`), HEADs on
+        the pool's threads for the rest."""
+        by_key = {self._key(name): name for name in names}
+        return {by_key[k] for k in await self._present(sorted(by_key))}
+
+    async def _present(self, keys: list[str]) -> set[str]:
+        if not keys:
+            return set()
+        present: set[str] = set()
+        unsettled = keys
+        if not self.versioned:
+            present, unsettled = await self._pool.run(
+                "list blobs", functools.partial(self._listed, keys)
+            )
+
+        def look(key: str) -> bool:
+            return self._head(key) is not None or bool(self.versioned and self._versions(key))
+
+        found = await asyncio.gather(
+            *(self._pool.run("look for a blob", functools.partial(look, k)) for k in unsettled)
+        )
+        return present | {k for k, there in zip(unsettled, found, strict=True) if there}
 
     async def check(self) -> None:
         """Put a small probe object under the prefix and delete that very
