@@ -71,6 +71,8 @@ MAX_ATTEMPTS = 3
 DELETE_BATCH = 1000
 #: Entries :meth:`S3BlobStore.list_blobs` fetches per thread hop.
 LIST_BATCH = 1000
+#: Keys per page of the listing that verifies a batch deletion.
+LIST_PAGE = 1000
 #: A verifying listing page that settles fewer of a batch's keys than this
 #: means the bucket is dense there: the rest is checked with HEADs instead.
 DENSE_PAGE = 8
@@ -372,7 +374,7 @@ class S3BlobStore:
         at = 0
         while at < len(keys):
             page = self._client.list_objects_v2(
-                Bucket=self.bucket, Prefix=self.prefix, StartAfter=keys[at][:-1], MaxKeys=1000
+                Bucket=self.bucket, Prefix=self.prefix, StartAfter=keys[at][:-1], MaxKeys=LIST_PAGE
             )
             listed = [str(item["Key"]) for item in page.get("Contents", ())]
             end = at
