@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import secrets
 import sqlite3
@@ -254,6 +255,8 @@ async def main() -> None:
     parser.add_argument("--s3-live", type=int, default=0)
     parser.add_argument("--live", type=int, default=0)
     args = parser.parse_args()
+    # The throwaway buckets have no lifecycle rules; that warning is not news.
+    logging.getLogger("filestore.storage.s3").setLevel(logging.ERROR)
     print(command_line())
     print(f"load average {os.getloadavg()[0]:.2f}; median of {args.runs} runs, files/s\n")
     print(

@@ -98,11 +98,6 @@ class BlobStore(Protocol):
         verified gone. Duplicate names are fine.
         """
 
-    async def still_present(self, names: Sequence[str]) -> set[str]:
-        """Which of ``names`` still have a readable copy: the bulk form of
-        :meth:`exists`, answered with as few requests as the medium allows.
-        Raises StorageUnavailable if it cannot tell (an error is not "no")."""
-
     async def check(self) -> None:
         """Raise StorageUnavailable unless the store is reachable and writable."""
 

@@ -431,16 +431,6 @@ class LocalBlobStore:
                 outcome[name] = None if error is None else _storage_error(error)
         return outcome
 
-    async def still_present(self, names: Sequence[str]) -> set[str]:
-        """Names with a committed blob, one thread hop for the lot."""
-        for name in names:
-            _check_name(name)
-
-        def look() -> set[str]:
-            return {n for n in dict.fromkeys(names) if _stat_size(self._path(n)) is not None}
-
-        return await self._run("stat blobs", look)
-
     async def check(self) -> None:
         """Write, fsync and remove a probe file in ``tmp``; StorageUnavailable
         if any step fails."""

@@ -20,8 +20,8 @@ Deletion is complete and verified: every incomplete multipart upload of the
 key, every version and delete marker (where the bucket is or was
 versioned), then a ``HEAD`` and a version listing must find nothing. The
 purge's batches (:meth:`S3BlobStore.delete_many`) delete 1,000 keys a
-``DeleteObjects`` request and verify with a listing of the keys' ranges
-instead of a HEAD per key where the bucket is sparse enough. See
+``DeleteObjects`` request and take the reply's per-key result as the
+verification. See
 ``deploy/S3.md`` for the permissions this needs and the lifecycle backstop.
 """
 
@@ -71,11 +71,6 @@ MAX_ATTEMPTS = 3
 DELETE_BATCH = 1000
 #: Entries :meth:`S3BlobStore.list_blobs` fetches per thread hop.
 LIST_BATCH = 1000
-#: Keys per page of the listing that verifies a batch deletion.
-LIST_PAGE = 1000
-#: A verifying listing page that settles fewer of a batch's keys than this
-#: means the bucket is dense there: the rest is checked with HEADs instead.
-DENSE_PAGE = 8
 
 _NAME = re.compile(r"[0-9a-f]{32}")
 _SAFE_CODE = re.compile(r"[A-Za-z0-9.]{1,64}")
@@ -338,55 +333,39 @@ class S3BlobStore:
 
     def _delete_batch(self, keys: list[str]) -> tuple[dict[str, str], list[str]]:
         """Abort the keys' uploads, then ``DeleteObjects`` at most
-        :data:`DELETE_BATCH` keys a request, its reply read key by key (a 200
-        may still refuse some). Returns the keys S3 refused, with its error
-        code, and the keys whose deletion left a delete marker (the bucket
-        became versioned: they need every version removed)."""
+        :data:`DELETE_BATCH` keys a request, not quiet, its reply read key by
+        key: a 200 may still refuse some, and only a key listed as deleted
+        counts as deleted. Returns the keys not confirmed deleted, with S3's
+        error code (``Unconfirmed`` if the reply left the key out), and the
+        keys whose deletion left a delete marker (the bucket became
+        versioned: they need every version removed)."""
         self._abort_uploads_of(set(keys))
-        refused: dict[str, str] = {}
+        failed: dict[str, str] = {}
         marked: list[str] = []
         for start in range(0, len(keys), DELETE_BATCH):
+            part = keys[start : start + DELETE_BATCH]
             reply = self._client.delete_objects(
-                Bucket=self.bucket,
-                Delete={"Objects": [{"Key": k} for k in keys[start : start + DELETE_BATCH]]},
+                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in part]}
             )
+            confirmed = set()
+            for deleted in reply.get("Deleted", ()):
+                confirmed.add(str(deleted["Key"]))
+                if deleted.get("DeleteMarker") or deleted.get("DeleteMarkerVersionId"):
+                    marked.append(str(deleted["Key"]))
             for error in reply.get("Errors", ()):
                 code = str(error.get("Code"))
-                if code not in _GONE:
-                    refused[str(error.get("Key"))] = code if _SAFE_CODE.fullmatch(code) else "?"
-            marked += [
-                str(d["Key"])
-                for d in reply.get("Deleted", ())
-                if d.get("DeleteMarker") or d.get("DeleteMarkerVersionId")
-            ]
-        if refused:
-            codes = ", ".join(sorted(set(refused.values())))
-            log.warning("S3 refused to delete %d blobs (%s)", len(refused), codes)
-        return refused, marked
-
-    def _listed(self, keys: list[str]) -> tuple[set[str], list[str]]:
-        """Which of the sorted ``keys`` a listing shows, walking the key space
-        from each unsettled key (``StartAfter`` just below it) a page at a
-        time: a page settles every key up to its last entry, present or not.
-        Where the bucket is too dense for that (a page settles fewer than
-        :data:`DENSE_PAGE` keys), the rest is returned unsettled, for HEADs."""
-        present: set[str] = set()
-        at = 0
-        while at < len(keys):
-            page = self._client.list_objects_v2(
-                Bucket=self.bucket, Prefix=self.prefix, StartAfter=keys[at][:-1], MaxKeys=LIST_PAGE
+                if code in _GONE:
+                    confirmed.add(str(error.get("Key")))
+                else:
+                    confirmed.discard(str(error.get("Key")))
+                    failed[str(error.get("Key"))] = code if _SAFE_CODE.fullmatch(code) else "?"
+            failed.update(
+                (k, "Unconfirmed") for k in part if k not in confirmed and k not in failed
             )
-            listed = [str(item["Key"]) for item in page.get("Contents", ())]
-            end = at
-            while end < len(keys) and (
-                not page.get("IsTruncated") or (listed and keys[end] <= listed[-1])
-            ):
-                end += 1
-            present.update(set(listed).intersection(keys[at:end]))
-            if end - at < DENSE_PAGE:
-                return present, keys[end:]
-            at = end
-        return present, []
+        if failed:
+            codes = ", ".join(sorted(set(failed.values())))
+            log.warning("S3 did not delete %d blobs (%s)", len(failed), codes)
+        return failed, marked
 
     def _walk(self) -> Generator[StoredBlob, None, None]:
         """Objects (every key with a version left, where versioned) with the
@@ -488,69 +467,43 @@ class S3BlobStore:
 
     async def delete_many(self, names: Sequence[str]) -> dict[str, StorageUnavailable | None]:
         """The purge's batch deletion. Unversioned: abort the keys' incomplete
-        uploads (one listing), ``DeleteObjects`` 1,000 keys a request, then
-        :meth:`still_present` must not find a key — so a key counts as gone
-        only when S3 accepted its deletion *and* a read made afterwards (a
-        listing of its range, or a HEAD) does not show it. A key S3 refused
-        or still shows gets its error and stays pending. Versioned buckets,
-        and keys whose deletion left a delete marker, go through
-        :meth:`delete` key by key (every version and marker)."""
+        uploads (one listing for the batch), then ``DeleteObjects`` 1,000 keys
+        a request. A key counts as gone when the reply lists it as deleted
+        (S3 is strongly consistent: no read after that reply sees it); a key
+        refused (``Errors``) or left out of the reply gets an error and stays
+        pending. No HEAD or listing per batch follows: on the servers
+        measured, reading back costs more than the deletion itself. A
+        versioned bucket, and keys whose deletion left a delete marker, go
+        through :meth:`delete` key by key (every version and marker removed,
+        then a HEAD and a version listing)."""
         by_key = {self._key(name): name for name in names}
         outcome: dict[str, StorageUnavailable | None] = {}
-        batch = [] if self.versioned else sorted(by_key)
+        batch = [] if self.versioned else list(by_key)
         one_by_one = list(by_key) if self.versioned else []
         if batch:
             try:
-                refused, marked = await self._pool.run(
+                failed, marked = await self._pool.run(
                     "delete blobs", functools.partial(self._delete_batch, batch)
                 )
+            except StorageUnavailable as exc:
+                outcome.update((by_key[k], exc) for k in batch)
+            else:
                 if marked:
                     log.warning("S3 bucket %s is versioned now; deleting versions", self.bucket)
                     self.versioned = True
                     one_by_one += marked
-                done = [k for k in batch if k not in refused and k not in marked]
-                left = await self._present(done)
-            except StorageUnavailable as exc:
-                outcome.update((by_key[k], exc) for k in batch)
-            else:
-                refusal = StorageUnavailable("S3 storage refused to delete a blob")
-                still = StorageUnavailable("a blob is still present in S3 after deletion")
-                outcome.update((by_key[k], refusal) for k in refused)
-                outcome.update((by_key[k], still if k in left else None) for k in done)
-        one = await asyncio.gather(
+                refusal = StorageUnavailable("S3 storage did not delete a blob")
+                for key in batch:
+                    if key not in marked:
+                        outcome[by_key[key]] = refusal if key in failed else None
+        results = await asyncio.gather(
             *(self.delete(by_key[k]) for k in one_by_one), return_exceptions=True
         )
-        for key, result in zip(one_by_one, one, strict=True):
+        for key, result in zip(one_by_one, results, strict=True):
             if isinstance(result, BaseException) and not isinstance(result, StorageUnavailable):
                 raise result
             outcome[by_key[key]] = result
         return outcome
-
-    async def still_present(self, names: Sequence[str]) -> set[str]:
-        """Names with an object (or, versioned, any version or marker) left:
-        a listing walk over the names' ranges where the bucket is sparse
-        enough for a page to cover several (see :meth:`_listed`), HEADs on
-        the pool's threads for the rest."""
-        by_key = {self._key(name): name for name in names}
-        return {by_key[k] for k in await self._present(sorted(by_key))}
-
-    async def _present(self, keys: list[str]) -> set[str]:
-        if not keys:
-            return set()
-        present: set[str] = set()
-        unsettled = keys
-        if not self.versioned:
-            present, unsettled = await self._pool.run(
-                "list blobs", functools.partial(self._listed, keys)
-            )
-
-        def look(key: str) -> bool:
-            return self._head(key) is not None or bool(self.versioned and self._versions(key))
-
-        found = await asyncio.gather(
-            *(self._pool.run("look for a blob", functools.partial(look, k)) for k in unsettled)
-        )
-        return present | {k for k, there in zip(unsettled, found, strict=True) if there}
 
     async def check(self) -> None:
         """Put a small probe object under the prefix and delete that very

@@ -6,7 +6,8 @@ to the server, except that a ``DeleteObjects`` request is sent without the
 refused keys and its reply gets an ``AccessDenied`` entry in ``Errors`` for
 each — the shape S3 gives a refusal inside a 200 reply — and a
 ``DeleteObject`` of a refused key raises the ``ClientError`` S3 would. The
-refused objects really stay on the server.
+refused objects really stay on the server. Keys in ``silent`` are deleted
+but left out of the reply, as a server that answers incompletely would.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ class RefusingClient:
     """The real client, refusing to delete ``refused`` keys (editable: tests
     clear it to end the fault). Counts the requests made by operation."""
 
-    def __init__(self, real: Any, refused: set[str]) -> None:
+    def __init__(self, real: Any, refused: set[str], silent: frozenset[str] = frozenset()) -> None:
         self.real = real
         self.refused = refused
+        self.silent = silent
         self.calls: dict[str, int] = {}
 
     def __getattr__(self, name: str) -> Any:
@@ -36,6 +38,7 @@ class RefusingClient:
         reply: dict[str, Any] = {"Deleted": [], "Errors": []}
         if sent:
             reply = self.real.delete_objects(Bucket=Bucket, Delete={**Delete, "Objects": sent})
+        reply["Deleted"] = [d for d in reply.get("Deleted", []) if d["Key"] not in self.silent]
         reply.setdefault("Errors", [])
         reply["Errors"] += [
             {"Key": o["Key"], "Code": "AccessDenied", "Message": "Access Denied"}
