@@ -45,8 +45,6 @@ log = logging.getLogger(__name__)
 #: gateway uses one purge interval, so the next pass can take over what a
 #: crashed one left.
 DEFAULT_LEASE = 60.0
-#: A name ``delete_many`` gave no outcome for is not taken as deleted.
-_UNCONFIRMED = StorageUnavailable("the blob store did not confirm the deletion")
 
 #: Test hook: awaited after each step with the step's name.
 StepHook = Callable[[str], Awaitable[None]]
@@ -168,7 +166,11 @@ class Eraser:
             return [None]
         names = [ids.blob_name(r.id) for r in records]
         outcome = await self.blobs.delete_many(names)
-        return [outcome.get(name, _UNCONFIRMED) for name in names]
+        # A name the store gave no outcome for is not taken as deleted.
+        return [
+            outcome[name] if name in outcome else StorageUnavailable("deletion not confirmed")
+            for name in names
+        ]
 
     def audit_entry(self, record: FileRecord, now: float) -> AuditEntry:
         """The audit entry of one deletion: lifecycle facts only — no name,

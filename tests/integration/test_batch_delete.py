@@ -17,6 +17,7 @@ import pytest
 from filestore import ids
 from filestore.clock import ManualClock
 from filestore.config import Settings
+from filestore.errors import StorageUnavailable
 from filestore.services import Services, open_services
 from filestore.storage.base import BlobStore, ListableBlobStore
 from filestore.storage.s3 import S3BlobStore
@@ -296,3 +297,44 @@ async def test_purge_crash_mid_batch_on_s3_is_finished_later(
         assert await recorded(svc) == Counter({f.id_text: 1 for f in made})
         assert await states(svc) == Counter({"purged": 5})
         assert objects(s3_env, s3_bucket) == set()
+
+
+# ---------------------------------------------------- local disk specifics
+async def test_local_name_that_cannot_be_unlinked_fails_alone(tmp_path: Path) -> None:
+    """A real refusal: a directory where the blob should be (unlink says
+    EISDIR). Only that name fails; the rest of the batch is gone."""
+    from filestore.storage.local import LocalBlobStore
+
+    store = await LocalBlobStore.open(tmp_path / "storage")
+    try:
+        doomed = names(6)
+        for name in doomed:
+            await put(store, name)
+        blocked = store.root / "blobs" / doomed[3][0:2] / doomed[3][2:4] / doomed[3]
+        blocked.unlink()
+        (blocked / "inside").mkdir(parents=True)
+        outcome = await store.delete_many(doomed)
+        assert {n for n, error in outcome.items() if error is not None} == {doomed[3]}
+        assert isinstance(outcome[doomed[3]], StorageUnavailable)
+        assert await present(store, doomed) == {doomed[3]}
+        assert blocked.is_dir()
+    finally:
+        await store.close()
+
+
+async def test_local_purge_holds_back_what_cannot_be_removed(tmp_path: Path) -> None:
+    settings = Settings.load(env={}, data_dir=tmp_path / "data")
+    async with open_services(settings, ManualClock()) as svc:
+        made = await files_made(svc, 5)
+        name = blob(made[1])
+        path = settings.storage_dir / "blobs" / name[0:2] / name[2:4] / name
+        path.unlink()
+        (path / "inside").mkdir(parents=True)
+        report = await purge_pass(svc.metadata.files, svc.lifecycle.eraser)
+        assert (report.purged, report.failed) == (4, 1)
+        assert await recorded(svc) == Counter({f.id_text: 1 for f in made if f is not made[1]})
+        (path / "inside").rmdir()
+        path.rmdir()
+        await settle_later(svc)
+        assert await recorded(svc) == Counter({f.id_text: 1 for f in made})
+        assert await states(svc) == Counter({"purged": 5})
