@@ -53,8 +53,8 @@ PIECE_SIZE = 1 << 20
 #: Blobs :meth:`LocalBlobStore.list_blobs` fetches per thread hop.
 LIST_BATCH = 1024
 #: Thread jobs a batch deletion is split into, and the fewest names per job.
-DELETE_JOBS = 4
-DELETE_CHUNK = 64
+DELETE_JOBS = 8
+DELETE_CHUNK = 16
 
 _NAME = re.compile(r"[0-9a-f]{32}")
 _PART = re.compile(r"([0-9a-f]{32})\.[0-9a-f]+\.part")
