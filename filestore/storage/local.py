@@ -262,10 +262,11 @@ class LocalBlobStore:
         first, then one fsync per directory changed and one ``tmp`` scan for
         the whole batch, then a stat per name must find nothing. An fsync of
         a directory makes every earlier unlink in it durable, so one per
-        directory is as durable as one per file; and since the unlinks of a
-        batch land in the same filesystem journal commit, the first fsync
-        does the work and the others find it done. A name whose unlink,
-        directory fsync or stat failed gets that error; the others are gone."""
+        directory is as durable as one per file (with two shard levels most
+        blobs of a batch still have a directory of their own, and each fsync
+        waits for a device flush: hence several jobs side by side). A name
+        whose unlink, directory fsync or stat failed gets that error; the
+        others are gone."""
         wanted = dict.fromkeys(names)
         outcome: dict[str, OSError | None] = dict.fromkeys(wanted)
         changed: dict[Path, list[str]] = {}
