@@ -11,7 +11,9 @@ there is one order of steps and one audit path:
    the key table). If something outside filestore blocks that, the deletion
    goes on (the key row is gone; the epoch's KEK destruction covers the
    residue) and the report says so;
-3. each blob is deleted and verified gone (a few at a time);
+3. each blob is deleted and verified gone: one file alone through
+   ``delete`` + ``exists``, a batch through the store's ``delete_many``
+   (batched requests, verification in bulk; see the backends);
 4. in one transaction: an audit record per file and ``purged``.
 
 Every step is idempotent, so a run that dies at any line is finished by the
@@ -43,8 +45,6 @@ log = logging.getLogger(__name__)
 #: gateway uses one purge interval, so the next pass can take over what a
 #: crashed one left.
 DEFAULT_LEASE = 60.0
-#: Blob deletions in flight at once.
-BLOB_CONCURRENCY = 8
 
 #: Test hook: awaited after each step with the step's name.
 StepHook = Callable[[str], Awaitable[None]]
@@ -125,20 +125,7 @@ class Eraser:
             blocked = "unavailable"  # the keys are gone; the bytes go next pass
         self.reclaim_pending = report.reclaim_blocked = blocked
         await self._step("crypto_erased")
-        limit = asyncio.Semaphore(BLOB_CONCURRENCY)
-
-        async def remove(record: FileRecord) -> FilestoreError | None:
-            async with limit:
-                name = ids.blob_name(record.id)
-                try:
-                    await self.blobs.delete(name)
-                    if await self.blobs.exists(name):
-                        raise StorageUnavailable("the blob is still present after deletion")
-                except FilestoreError as exc:
-                    return exc
-                return None
-
-        outcomes = await asyncio.gather(*(remove(r) for r in records))
+        outcomes = await self._remove_blobs(records)
         await self._step("blobs_deleted")
         done: list[FileRecord] = []
         for record, error in zip(records, outcomes, strict=True):
@@ -162,6 +149,28 @@ class Eraser:
             report.failed.extend((r, exc) for r in done)
         await self._step("finished")
         return report
+
+    async def _remove_blobs(self, records: Sequence[FileRecord]) -> list[FilestoreError | None]:
+        """Step 4: each record's blob deleted and verified gone, or the error
+        that kept it. One file (a DELETE, a download limit) takes the single
+        path, ``delete`` then ``exists``; a batch takes ``delete_many``, whose
+        requests and verification cover many blobs at a time."""
+        if len(records) == 1:
+            name = ids.blob_name(records[0].id)
+            try:
+                await self.blobs.delete(name)
+                if await self.blobs.exists(name):
+                    raise StorageUnavailable("the blob is still present after deletion")
+            except FilestoreError as exc:
+                return [exc]
+            return [None]
+        names = [ids.blob_name(r.id) for r in records]
+        outcome = await self.blobs.delete_many(names)
+        # A name the store gave no outcome for is not taken as deleted.
+        return [
+            outcome[name] if name in outcome else StorageUnavailable("deletion not confirmed")
+            for name in names
+        ]
 
     def audit_entry(self, record: FileRecord, now: float) -> AuditEntry:
         """The audit entry of one deletion: lifecycle facts only — no name,

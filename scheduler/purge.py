@@ -12,6 +12,7 @@ pass finishes the work.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -74,42 +75,44 @@ async def purge_pass(
 ) -> PassReport:
     """Erase every file whose ``expires_at`` has passed on ``eraser.clock``.
 
+    Two batches overlap: the next one is claimed, crypto-erased and its blobs
+    deleted while the previous one's audit records are written, since the
+    blob store and the database are different resources. Each batch still
+    runs its own steps in order, and the pass waits for every batch it
+    started before it returns or raises.
+
     Never raises for a storage or database failure: it is in the report.
     """
     clock = eraser.clock
     report = PassReport(started_at=clock.now())
     owner = eraser.lease_owner()  # this pass's leases, apart from a DELETE's
-    for _ in range(max_batches):
-        now = clock.now()
-        try:
-            batch = await files.claim_expired(
-                now, batch_size, owner, now + eraser.lease_seconds
-            )
-        except FilestoreError as exc:
-            report.error = type(exc).__name__
-            log.error("purge pass could not claim files: %s", report.error)
-            break
-        if not batch:
-            break
-        report.claimed += len(batch)
-        try:
-            result = await eraser.erase(batch)
-        except FilestoreError as exc:
-            # Crypto-erase of the batch failed: nothing changed state.
-            report._fail(exc, len(batch))
-            await _hold_back_all(eraser, [(record, exc) for record in batch])
-            continue
-        for _record, error in result.failed:
-            report._fail(error)
-        await _hold_back_all(eraser, result.failed)
-        report.reclaim_blocked = result.reclaim_blocked or report.reclaim_blocked
-        report.purged += len(result.purged)
-        for audit in result.purged:
-            if audit.reason == DeleteReason.EXPIRED and audit.expires_at is not None:
-                overdue = (audit.deleted_at or now) - audit.expires_at
-                report.max_overdue = max(report.max_overdue, overdue)
-        if len(batch) < batch_size:
-            break
+    started: list[asyncio.Future[None]] = []
+    try:
+        for _ in range(max_batches):
+            now = clock.now()
+            try:
+                batch = await files.claim_expired(
+                    now, batch_size, owner, now + eraser.lease_seconds
+                )
+            except FilestoreError as exc:
+                report.error = type(exc).__name__
+                log.error("purge pass could not claim files: %s", report.error)
+                break
+            if not batch:
+                break
+            report.claimed += len(batch)
+            started.append(asyncio.ensure_future(_erase_batch(eraser, batch, report, now)))
+            if len(started) > 1:  # the batch before this one, done before a third starts
+                await asyncio.shield(started[-2])
+            if len(batch) < batch_size:
+                break
+    finally:
+        # Every batch started is finished, whatever stopped the loop; the
+        # first error (a test's injected crash) is raised after that.
+        outcomes = await asyncio.shield(asyncio.gather(*started, return_exceptions=True))
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
     report.finished_at = clock.now()
     if report.purged or report.failed:
         log.info(
@@ -119,3 +122,25 @@ async def purge_pass(
             report.failed,
         )
     return report
+
+
+async def _erase_batch(
+    eraser: Eraser, batch: list[FileRecord], report: PassReport, now: float
+) -> None:
+    """Erase one claimed batch and add its outcome to ``report``."""
+    try:
+        result = await eraser.erase(batch)
+    except FilestoreError as exc:
+        # Crypto-erase of the batch failed: nothing changed state.
+        report._fail(exc, len(batch))
+        await _hold_back_all(eraser, [(record, exc) for record in batch])
+        return
+    for _record, error in result.failed:
+        report._fail(error)
+    await _hold_back_all(eraser, result.failed)
+    report.reclaim_blocked = result.reclaim_blocked or report.reclaim_blocked
+    report.purged += len(result.purged)
+    for audit in result.purged:
+        if audit.reason == DeleteReason.EXPIRED and audit.expires_at is not None:
+            overdue = (audit.deleted_at or now) - audit.expires_at
+            report.max_overdue = max(report.max_overdue, overdue)

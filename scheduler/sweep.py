@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from filestore import __version__, ids
 from filestore.audit import entries
 from filestore.erasure import Eraser
-from filestore.errors import FilestoreError, StorageUnavailable
+from filestore.errors import StorageUnavailable
 from filestore.metadata.base import DeleteReason, MetadataStore
 from filestore.storage.base import BlobStore, ListableBlobStore
 
@@ -82,15 +82,13 @@ async def _remove_orphans(
 ) -> None:
     by_id = {bytes.fromhex(name): name for name in dict.fromkeys(names)}
     live = await metadata.files.live_ids(list(by_id))
-    for file_id, name in by_id.items():
-        if file_id in live:
-            continue
-        try:
-            await blobs.delete(name)
-            if await blobs.exists(name):
-                raise StorageUnavailable("the blob is still present after deletion")
-        except FilestoreError as exc:
-            log.warning("could not remove orphan blob (%s)", type(exc).__name__)
+    orphans = {file_id: name for file_id, name in by_id.items() if file_id not in live}
+    # One batch deletion (verified per name) for the lot, as the purge does.
+    outcome = await blobs.delete_many(list(orphans.values())) if orphans else {}
+    for file_id, name in orphans.items():
+        error = outcome.get(name, StorageUnavailable("the blob store did not confirm it"))
+        if error is not None:
+            log.warning("could not remove orphan blob (%s)", type(error).__name__)
             report.failed += 1
             continue
         text_id = ids.to_text(file_id)

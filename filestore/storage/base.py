@@ -14,9 +14,11 @@ boundary with ``raise ... from exc``; its subclass
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+
+from filestore.errors import StorageUnavailable
 
 
 class BlobWriter(Protocol):
@@ -83,6 +85,18 @@ class BlobStore(Protocol):
     async def exists(self, name: str) -> bool:
         """Whether any copy of the blob is still readable (used to verify
         deletion)."""
+
+    async def delete_many(self, names: Sequence[str]) -> dict[str, StorageUnavailable | None]:
+        """:meth:`delete` for many blobs at once, each then verified gone, in
+        as few round trips as the medium allows (the purge pass's batches).
+
+        Returns an outcome for every name: None when the blob and its partial
+        uploads are removed durably and verified absent, else the error that
+        kept that blob (the caller leaves it pending and retries it later).
+        A failure of the medium, even one that stops the whole call, comes
+        back per name, never raised: no name is reported gone that was not
+        verified gone. Duplicate names are fine.
+        """
 
     async def check(self) -> None:
         """Raise StorageUnavailable unless the store is reachable and writable."""

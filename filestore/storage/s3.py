@@ -18,7 +18,10 @@ Timeouts and retries are short, so an outage surfaces within seconds.
 
 Deletion is complete and verified: every incomplete multipart upload of the
 key, every version and delete marker (where the bucket is or was
-versioned), then a ``HEAD`` and a version listing must find nothing. See
+versioned), then a ``HEAD`` and a version listing must find nothing. The
+purge's batches (:meth:`S3BlobStore.delete_many`) delete 1,000 keys a
+``DeleteObjects`` request and take the reply's per-key result as the
+verification. See
 ``deploy/S3.md`` for the permissions this needs and the lifecycle backstop.
 """
 
@@ -32,7 +35,7 @@ import logging
 import re
 import secrets
 import weakref
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Generator, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -324,6 +327,52 @@ class S3BlobStore:
         if self._head(key) is not None or (self.versioned and self._versions(key)):
             raise StorageUnavailable("a blob is still present in S3 after deletion")
 
+    def _abort_uploads_of(self, keys: set[str]) -> None:
+        """Abort every incomplete multipart upload of ``keys``: one listing of
+        the prefix's uploads (few: uploads in flight and those a crash left,
+        which the lifecycle rule ages out) instead of one per key."""
+        pages = self._client.get_paginator("list_multipart_uploads")
+        for page in pages.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for upload in page.get("Uploads", ()):
+                if upload["Key"] in keys:
+                    self._abort_upload(str(upload["Key"]), str(upload["UploadId"]))
+
+    def _delete_batch(self, keys: list[str]) -> tuple[dict[str, str], list[str]]:
+        """Abort the keys' uploads, then ``DeleteObjects`` at most
+        :data:`DELETE_BATCH` keys a request, not quiet, its reply read key by
+        key: a 200 may still refuse some, and only a key listed as deleted
+        counts as deleted. Returns the keys not confirmed deleted, with S3's
+        error code (``Unconfirmed`` if the reply left the key out), and the
+        keys whose deletion left a delete marker (the bucket became
+        versioned: they need every version removed)."""
+        self._abort_uploads_of(set(keys))
+        failed: dict[str, str] = {}
+        marked: list[str] = []
+        for start in range(0, len(keys), DELETE_BATCH):
+            part = keys[start : start + DELETE_BATCH]
+            reply = self._client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in part]}
+            )
+            confirmed = set()
+            for deleted in reply.get("Deleted", ()):
+                confirmed.add(str(deleted["Key"]))
+                if deleted.get("DeleteMarker") or deleted.get("DeleteMarkerVersionId"):
+                    marked.append(str(deleted["Key"]))
+            for error in reply.get("Errors", ()):
+                code = str(error.get("Code"))
+                if code in _GONE:
+                    confirmed.add(str(error.get("Key")))
+                else:
+                    confirmed.discard(str(error.get("Key")))
+                    failed[str(error.get("Key"))] = code if _SAFE_CODE.fullmatch(code) else "?"
+            failed.update(
+                (k, "Unconfirmed") for k in part if k not in confirmed and k not in failed
+            )
+        if failed:
+            codes = ", ".join(sorted(set(failed.values())))
+            log.warning("S3 did not delete %d blobs (%s)", len(failed), codes)
+        return failed, marked
+
     def _walk(self) -> Generator[StoredBlob, None, None]:
         """Objects (every key with a version left, where versioned) with the
         newest time per key, then incomplete multipart uploads."""
@@ -421,6 +470,46 @@ class S3BlobStore:
         unversioned, the object; then verify: HEAD 404 and no versions left,
         else StorageUnavailable. A missing blob is not an error."""
         await self._pool.run("delete a blob", functools.partial(self._remove, self._key(name)))
+
+    async def delete_many(self, names: Sequence[str]) -> dict[str, StorageUnavailable | None]:
+        """The purge's batch deletion. Unversioned: abort the keys' incomplete
+        uploads (one listing for the batch), then ``DeleteObjects`` 1,000 keys
+        a request. A key counts as gone when the reply lists it as deleted
+        (S3 is strongly consistent: no read after that reply sees it); a key
+        refused (``Errors``) or left out of the reply gets an error and stays
+        pending. No HEAD or listing per batch follows: on the servers
+        measured, reading back costs more than the deletion itself. A
+        versioned bucket, and keys whose deletion left a delete marker, go
+        through :meth:`delete` key by key (every version and marker removed,
+        then a HEAD and a version listing)."""
+        by_key = {self._key(name): name for name in names}
+        outcome: dict[str, StorageUnavailable | None] = {}
+        batch = [] if self.versioned else list(by_key)
+        one_by_one = list(by_key) if self.versioned else []
+        if batch:
+            try:
+                failed, marked = await self._pool.run(
+                    "delete blobs", functools.partial(self._delete_batch, batch)
+                )
+            except StorageUnavailable as exc:
+                outcome.update((by_key[k], exc) for k in batch)
+            else:
+                if marked:
+                    log.warning("S3 bucket %s is versioned now; deleting versions", self.bucket)
+                    self.versioned = True
+                    one_by_one += marked
+                refusal = StorageUnavailable("S3 storage did not delete a blob")
+                for key in batch:
+                    if key not in marked:
+                        outcome[by_key[key]] = refusal if key in failed else None
+        results = await asyncio.gather(
+            *(self.delete(by_key[k]) for k in one_by_one), return_exceptions=True
+        )
+        for key, result in zip(one_by_one, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, StorageUnavailable):
+                raise result
+            outcome[by_key[key]] = result
+        return outcome
 
     async def check(self) -> None:
         """Put a small probe object under the prefix and delete that very

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from filestore import ids
 from filestore.clock import ManualClock
 from filestore.config import Settings
+from filestore.errors import StorageUnavailable
 from filestore.metadata.base import FileState
 from filestore.services import Services, open_services
 from scheduler.purge import PassReport, purge_pass
@@ -108,16 +110,14 @@ async def test_one_failing_blob_does_not_stop_the_pass(
     made = [await make_file(svc, ttl=30) for _ in range(5)]
     stuck = ids.blob_name(made[2].id)
     gateway.clock.advance(31)
-    real_delete = svc.blobs.delete
+    real_delete_many = svc.blobs.delete_many
 
-    async def failing_delete(name: str) -> None:
-        if name == stuck:
-            from filestore.errors import StorageUnavailable
+    async def failing_delete_many(names: Sequence[str]) -> dict[str, StorageUnavailable | None]:
+        # The real store removes the others; the stuck blob is never touched.
+        outcome = await real_delete_many([n for n in names if n != stuck])
+        return {**outcome, **{n: StorageUnavailable("injected") for n in names if n == stuck}}
 
-            raise StorageUnavailable("injected")
-        await real_delete(name)
-
-    monkeypatch.setattr(svc.blobs, "delete", failing_delete)
+    monkeypatch.setattr(svc.blobs, "delete_many", failing_delete_many)
     report = await _pass(svc)
     assert (report.purged, report.failed) == (4, 1)
     assert report.failures == {"StorageUnavailable": 1}
