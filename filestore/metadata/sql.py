@@ -116,6 +116,13 @@ _LOAD = (
     .where(files.c.id == sa.bindparam("file_id"))
 )
 _GET_KEY = sa.select(*_KEY_COLUMNS).where(api_keys.c.key_id == sa.bindparam("key_id"))
+#: One per purged file, so a pass of thousands runs it thousands of times.
+_APPEND_RECORD = audit_log.insert().values(
+    {
+        name: sa.bindparam(name)
+        for name in ("seq", "event", "file_id", "kek_id", "tenant", "recorded_at", "hash", "body")
+    }
+)
 
 
 def _file(row: Sequence[Any]) -> FileRecord:
@@ -209,16 +216,17 @@ def _append(conn: sa.Connection, prev: AuditRecord | None, entry: AuditEntry) ->
     audit lock for this transaction, so ``prev`` is the true head."""
     record = entry.chain_after(prev)
     conn.execute(
-        audit_log.insert().values(
-            seq=record.seq,
-            event=record.event,
-            file_id=record.file_id,
-            kek_id=record.kek_id,
-            tenant=record.tenant,
-            recorded_at=record.recorded_at,
-            hash=record.hash,
-            body=encode_record(record),
-        )
+        _APPEND_RECORD,
+        {
+            "seq": record.seq,
+            "event": record.event,
+            "file_id": record.file_id,
+            "kek_id": record.kek_id,
+            "tenant": record.tenant,
+            "recorded_at": record.recorded_at,
+            "hash": record.hash,
+            "body": encode_record(record),
+        },
     )
     return record
 
