@@ -9,8 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from filestore.audit import Frontier
-from filestore.audit import merkle
+from filestore.audit import Frontier, merkle
 from filestore.audit.tiles import (
     TILE_WIDTH,
     Tile,
