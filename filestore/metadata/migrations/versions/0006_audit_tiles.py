@@ -3,6 +3,8 @@ root of every complete 256^level-leaf subtree (level >= 1), so receipts,
 exports and tile requests read O(log n) rows instead of every leaf. Level 0
 is derived from ``audit_log.hash``. Existing logs are backfilled here, in
 the migration's transaction; the table is append-only like the log.
+Instances sharing the database must all run code that knows this table:
+older code appends without growing the tree.
 
 Revision ID: 0006
 Revises: 0005
