@@ -3,7 +3,7 @@ tiles against the all-leaves computation they replaced.
 
     PYTHONPATH=. .venv/bin/python bench/bench_audit_log.py                  # 1,000,000 on SQLite
     PYTHONPATH=. .venv/bin/python bench/bench_audit_log.py --quick          # 20,000, a minute
-    PYTHONPATH=. .venv/bin/python bench/bench_audit_log.py --postgres       # also PostgreSQL
+    PYTHONPATH=. .venv/bin/python bench/bench_audit_log.py --backends sqlite,postgresql
 
 Why: before tiles, every receipt, partial export and ``consistency_from``
 export read every leaf hash of the log (``hashes(size)``) and hashed the
@@ -309,7 +309,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--quick", action="store_true", help="20,000 records")
-    parser.add_argument("--postgres", action="store_true", help="also on PostgreSQL")
+    parser.add_argument(
+        "--backends", default="sqlite", help="comma-separated: sqlite, postgresql (default sqlite)"
+    )
     parser.add_argument("--receipts", type=int, default=200)
     parser.add_argument("--old-samples", type=int, default=10)
     args = parser.parse_args()
@@ -317,10 +319,14 @@ async def main() -> None:
     out = [f"`{command_line()}` on {os.cpu_count()} CPUs", ""]
     with tempfile.TemporaryDirectory(prefix="bench-audit-") as tmp_dir:
         tmp = Path(tmp_dir)
-        url = f"sqlite:///{tmp / 'sqlite' / 'filestore.db'}"
-        (tmp / "sqlite").mkdir()
-        out += await run_backend("SQLite", url, tmp, count, args.receipts, args.old_samples)
-        if args.postgres:
+        backends = args.backends.split(",")
+        if not set(backends) <= {"sqlite", "postgresql"}:
+            parser.error("--backends takes sqlite and postgresql")
+        if "sqlite" in backends:
+            url = f"sqlite:///{tmp / 'sqlite' / 'filestore.db'}"
+            (tmp / "sqlite").mkdir()
+            out += await run_backend("SQLite", url, tmp, count, args.receipts, args.old_samples)
+        if "postgresql" in backends:
             pg = PostgresServer.start()
             try:
                 database = await pg.create_database()
