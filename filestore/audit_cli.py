@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -41,6 +40,8 @@ from filestore import auditlog
 from filestore.audit import (
     AuditVerificationError,
     load_verifier,
+    peek_checkpoint,
+    receipt_note,
     verifier_key_string,
     verify_export,
     verify_receipt,
@@ -253,11 +254,13 @@ def _verify(args: argparse.Namespace, public_key: Any, key_name: str | None) -> 
 
 def _verify_receipt(args: argparse.Namespace, public_key: Any, key_name: str | None) -> int:
     witnesses, k = _witnesses(args)
-    data = json.loads(_read(args.receipt_file))
-    record = verify_receipt(data, public_key, key_name, file_id=args.file_id, tenant=args.tenant)
+    # A tlog-proof, or a JSON receipt (filestore-audit-receipt/1) saved before.
+    text = _read(args.receipt_file)
+    record = verify_receipt(text, public_key, key_name, file_id=args.file_id, tenant=args.tenant)
+    note = receipt_note(text)
     now = args.now if args.now is not None else time.time()
-    names = check_witnesses(data["checkpoint"], witnesses, now)
-    require_quorum(data["tree_size"], names, k)
+    names = check_witnesses(note, witnesses, now)
+    require_quorum(peek_checkpoint(note).size, names, k)
     print(
         f"signature and inclusion OK: file {record.file_id} deleted at "
         f"{rfc3339(record.deleted_at or 0)} (reason {record.reason}), record seq "

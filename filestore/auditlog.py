@@ -7,6 +7,10 @@ the database, for the HTTP API, the CLI and the scheduler alike.
 Exports are streamed: the pure exporter is a plain generator, so it runs in a
 worker thread that pulls pages of records from the (async) store through the
 event loop, while the loop sends each batch of lines as it comes.
+
+Proofs, frontiers and roots come from the tree's tiles
+(:mod:`filestore.audit.tiles`): O(log n) rows in one read transaction,
+never every leaf of the log.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ import itertools
 import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -41,7 +44,13 @@ from filestore.audit import (
 from filestore.audit.checkpoint import ORIGIN_PREFIX
 from filestore.audit.cosignature import Witness, cosignature_lines, note_text
 from filestore.audit.keys import raw_public_key
-from filestore.audit.merkle import consistency_proof as _merkle_consistency
+from filestore.audit.tiles import (
+    consistency_ranges,
+    frontier_ranges,
+    inclusion_ranges,
+    range_hashes,
+    tiles_for,
+)
 from filestore.errors import BadRequest, ConfigError, Conflict, Forbidden
 from filestore.metadata.base import CosignatureRow, MetadataStore
 
@@ -147,7 +156,7 @@ async def write_checkpoint(
     head = await metadata.audit.head()
     size = 0 if head is None else head.seq
     if frontier is None or frontier.size > size:
-        frontier = Frontier()
+        frontier = await tree_frontier(metadata, size)
     for leaf in await metadata.audit.hashes(size, after=frontier.size):
         frontier.append(leaf)
     checkpoint = Checkpoint(
@@ -160,6 +169,51 @@ async def write_checkpoint(
     note = sign_checkpoint(checkpoint, key, ident.key_name)
     await metadata.audit.add_checkpoint(size, note, now)
     return size, note
+
+
+async def tree_hashes(
+    metadata: MetadataStore, ranges: Sequence[tuple[int, int]], size: int
+) -> list[bytes]:
+    """The Merkle tree hash of each leaf range of the tree of ``size``
+    leaves, from the few tiles they need (one read transaction)."""
+    needed = tiles_for(ranges, size)
+    data = await metadata.audit.read_tiles(needed) if needed else []
+    return range_hashes(ranges, size, dict(zip(needed, data, strict=True)))
+
+
+async def tree_frontier(metadata: MetadataStore, size: int) -> Frontier:
+    """The frontier of the first ``size`` leaves, from tiles."""
+    return Frontier.from_hashes(size, await tree_hashes(metadata, frontier_ranges(size), size))
+
+
+class TileProofs:
+    """An export's :class:`~filestore.audit.export.ProofSource` over the
+    store's tiles. The exporter runs in a worker thread; each value is one
+    read on the event loop, and an export asks for a handful."""
+
+    def __init__(self, metadata: MetadataStore, loop: asyncio.AbstractEventLoop) -> None:
+        self._metadata = metadata
+        self._loop = loop
+
+    def _run(self, ranges: list[tuple[int, int]], size: int) -> list[bytes]:
+        return asyncio.run_coroutine_threadsafe(
+            tree_hashes(self._metadata, ranges, size), self._loop
+        ).result()
+
+    def leaf(self, index: int) -> bytes:
+        (raw,) = asyncio.run_coroutine_threadsafe(
+            self._metadata.audit.hashes(index + 1, after=index), self._loop
+        ).result()
+        return raw
+
+    def frontier(self, size: int) -> list[bytes]:
+        return self._run(frontier_ranges(size), size)
+
+    def consistency(self, old_size: int, size: int) -> list[bytes]:
+        return self._run(consistency_ranges(old_size, size), size)
+
+    def inclusion(self, index: int, size: int) -> list[bytes]:
+        return self._run(inclusion_ranges(index, size), size)
 
 
 #: An export reuses the newest checkpoint if it covers the whole log and is
@@ -215,17 +269,14 @@ async def cosigned_note(metadata: MetadataStore, size: int | None = None) -> str
 async def consistency_proof(metadata: MetadataStore, old_size: int, new_size: int) -> list[bytes]:
     """The RFC 9162 consistency proof from tree ``old_size`` to ``new_size``.
 
-    The one place proofs for witnesses are made. Computed from all leaves up
-    to ``new_size`` for now (O(n) reads and hashing, off the event loop);
-    a tiled store can answer it in O(log n) behind this same signature.
+    The one place proofs for witnesses are made: from tiles, O(log n) reads.
     BadRequest unless ``0 <= old_size <= new_size <= `` the log's size.
     """
     head = await metadata.audit.head()
     size = 0 if head is None else head.seq
     if not 0 <= old_size <= new_size <= size:
         raise BadRequest(f"a consistency proof needs 0 <= from <= to <= {size}")
-    leaves = await metadata.audit.hashes(new_size)
-    return await asyncio.to_thread(_merkle_consistency, old_size, leaves)
+    return await tree_hashes(metadata, consistency_ranges(old_size, new_size), new_size)
 
 
 async def add_cosignatures(
@@ -318,9 +369,6 @@ async def export(
     held = await metadata.audit.checkpoints_between(max(first - 1, 0), last)
     notes = await _cosigned(metadata, [n for n in held if peek_checkpoint(n).size != size])
     notes.append(newest)
-    partial = since is not None or until is not None
-    needs_leaves = first > 1 or consistency_from is not None or (partial and last < size)
-    leaves = await metadata.audit.hashes(size) if needs_leaves else None
     loop = asyncio.get_running_loop()
 
     def records() -> Iterator[AuditRecord]:
@@ -341,7 +389,11 @@ async def export(
     else:
         header = ExportHeader(first_seq=first, exported_at=now, since=since, until=until)
         lines = export_lines(
-            header, records(), notes, leaves=leaves, consistency_from=consistency_from
+            header,
+            records(),
+            notes,
+            proofs=TileProofs(metadata, loop),
+            consistency_from=consistency_from,
         )
 
     def take() -> list[str]:
@@ -351,9 +403,11 @@ async def export(
         yield "".join(batch)
 
 
-async def receipt(metadata: MetadataStore, file_id: str) -> dict[str, Any] | None:
-    """The deletion receipt of one file (record, inclusion proof, signed
-    checkpoint), or None if its deletion is not yet under a checkpoint."""
+async def receipt(metadata: MetadataStore, file_id: str) -> str | None:
+    """The deletion receipt of one file as a C2SP tlog-proof (record,
+    inclusion proof from tiles, the covering checkpoint's note as served,
+    with its witnesses' cosignatures),
+    or None if its deletion is not yet under a checkpoint."""
     record = await metadata.audit.record_for_file(file_id)
     if record is None:
         return None
@@ -362,6 +416,6 @@ async def receipt(metadata: MetadataStore, file_id: str) -> dict[str, Any] | Non
         return None
     size = covering[0]
     note = await cosigned_note(metadata, size) or covering[1]
-    leaves = await metadata.audit.hashes(size)
-    # The proof is O(log size) to send but O(size) to compute: off the loop.
-    return await asyncio.to_thread(make_receipt, record, note, leaves=leaves)
+    proof = await tree_hashes(metadata, inclusion_ranges(record.seq - 1, size), size)
+    # make_receipt checks the proof against the note's root before handing it out.
+    return make_receipt(record, note, proof=proof)

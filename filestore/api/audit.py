@@ -1,10 +1,17 @@
-"""Auditor endpoints (the deletion log, its checkpoint and public key) and
-the per-file deletion receipt for the owning tenant.
+"""Auditor endpoints (the deletion log, its checkpoint, tiles and public
+key) and the per-file deletion receipt for the owning tenant.
 
 The log is the deployment's: an auditor key sees every record (file ids,
 tenants, sizes and times — never names or contents). A tenant proves the
-deletion of its own file with a receipt, which shows nothing of other
-records but sibling hashes.
+deletion of its own file with a receipt (a C2SP tlog-proof), which shows
+nothing of other records but sibling hashes.
+
+``/v1/audit`` is also a C2SP tlog-tiles log: ``checkpoint``,
+``tile/<L>/<N>[.p/<W>]``, ``tile/entries/…`` (each entry the 32-byte record
+hash, the leaf input) and ``tile/records/…`` (the records' canonical JSON,
+a full mirror of the log). Tiles are served only within what a stored
+checkpoint covers: a full tile once some checkpoint reaches its end, a
+partial one only at a width some checkpoint's size requires.
 """
 
 from __future__ import annotations
@@ -17,11 +24,12 @@ from filestore import auditlog, ids
 from filestore.api.context import principal, services
 from filestore.api.params import query_params
 from filestore.api.streaming import send_stream
-from filestore.audit import verifier_key_string
+from filestore.audit import RECEIPT_MEDIA_TYPE, verifier_key_string
 from filestore.audit.cosignature import parse_witness_key
+from filestore.audit.tiles import TILE_WIDTH, Tile, parse_tile_path
 from filestore.clock import parse_time
 from filestore.crypto.signing import public_key_pem
-from filestore.errors import BadRequest, Conflict, NotFound
+from filestore.errors import BadRequest, Conflict, IntegrityError, NotFound
 from filestore.metadata import rules
 from filestore.metadata.base import FileState, Role
 
@@ -140,6 +148,73 @@ async def cosignatures(request: web.Request) -> web.Response:
     return web.json_response({"witnesses": names}, headers={"Cache-Control": "no-store"})
 
 
+#: Tile resources never change: a full one is kept for a year.
+FULL_TILE_CACHE = "private, max-age=31536000, immutable"
+#: A partial one may be dropped once its full tile exists (tlog-tiles).
+PARTIAL_TILE_CACHE = "private, max-age=60"
+TILE_BUNDLES = ("entries", "records")
+#: Tree sizes are 64-bit in the database.
+_MAX_SIZE = (1 << 63) - 1
+
+
+async def _require_covered(request: web.Request, tile: Tile) -> None:
+    """NotFound unless a stored checkpoint needs ``tile`` at its width."""
+    audit = services(request).metadata.audit
+    span = TILE_WIDTH**tile.level
+    end = (tile.first + tile.width) * span  # leaves up to the tile's last hash
+    if end > _MAX_SIZE:
+        raise NotFound("no such tile")
+    if tile.full:
+        latest = await audit.latest_checkpoint()
+        if latest is None or latest[0] < end:
+            raise NotFound("no checkpoint covers this tile yet")
+    elif not await audit.checkpoint_sized(end, min(end + span, _MAX_SIZE)):
+        raise NotFound("no checkpoint has a tree size with this partial tile")
+
+
+def _bundle(items: list[bytes]) -> bytes:
+    """tlog-tiles entry bundle framing: big-endian uint16 length prefixes."""
+    out = bytearray()
+    for item in items:
+        if len(item) > 0xFFFF:
+            raise IntegrityError("an audit record is longer than a bundle entry can be")
+        out += len(item).to_bytes(2, "big") + item
+    return bytes(out)
+
+
+@routes.get("/v1/audit/tile/{path:.+}")
+async def tile(request: web.Request) -> web.Response:
+    await principal(request, Role.AUDITOR)
+    query_params(request, ())
+    try:
+        parsed = parse_tile_path(request.match_info["path"], TILE_BUNDLES)
+    except ValueError as exc:
+        # Like a malformed file id: a path that names no tile is not found.
+        raise NotFound(f"no such tile: {exc}") from None
+    t = parsed.tile
+    await _require_covered(request, t)
+    audit = services(request).metadata.audit
+    if parsed.kind == "hash":
+        (body,) = await audit.read_tiles([t])
+        count = len(body) // 32
+    elif parsed.kind == "entries":
+        hashes = await audit.hashes(t.first + t.width, after=t.first)
+        body, count = _bundle(hashes), len(hashes)
+    else:
+        texts = await audit.record_texts(t.first, t.width)
+        body, count = _bundle([text.encode("utf-8") for text in texts]), len(texts)
+    if count != t.width:
+        raise IntegrityError("the audit log lacks entries a checkpoint covers")
+    response = web.Response(
+        body=body,
+        content_type="application/octet-stream",
+        headers={"Cache-Control": FULL_TILE_CACHE if t.full else PARTIAL_TILE_CACHE},
+    )
+    if parsed.kind != "hash":
+        response.enable_compression()
+    return response
+
+
 @routes.get("/v1/audit/public-key")
 async def public_key(request: web.Request) -> web.Response:
     svc = services(request)
@@ -170,4 +245,6 @@ async def file_receipt(request: web.Request) -> web.Response:
         raise Conflict(
             "the deletion is not yet under a signed checkpoint; retry after the next pass"
         )
-    return web.json_response(found, headers={"Cache-Control": "no-store"})
+    return web.Response(
+        text=found, content_type=RECEIPT_MEDIA_TYPE, headers={"Cache-Control": "no-store"}
+    )

@@ -145,18 +145,12 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
                 "Receipt": {
-                    "type": "object",
-                    "required": ["format", "record", "tree_size", "proof", "checkpoint"],
-                    "properties": {
-                        "format": {"const": "filestore-audit-receipt/1"},
-                        "record": {"type": "object"},
-                        "tree_size": {"type": "integer", "minimum": 1},
-                        "proof": {
-                            "type": "array",
-                            "items": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-                        },
-                        "checkpoint": {"type": "string"},
-                    },
+                    "type": "string",
+                    "description": "A C2SP tlog-proof: `c2sp.org/tlog-proof@v1`, `extra` "
+                    "(base64 of the record's canonical JSON), `index` (seq - 1), the "
+                    "RFC 6962 inclusion proof in base64 lines, an empty line, the checkpoint "
+                    "note verbatim (docs/audit-log.md, Receipts).",
+                    "pattern": "^c2sp\\.org/tlog-proof@v1\n",
                 },
             },
             "responses": {
@@ -376,14 +370,15 @@ def openapi_document() -> dict[str, Any]:
                 "parameters": [_ID_PARAM],
                 "get": {
                     "operationId": "getReceipt",
-                    "summary": "The signed deletion receipt of a purged file: its audit "
-                    "record, Merkle inclusion proof and covering checkpoint.",
+                    "summary": "The signed deletion receipt of a purged file, as a C2SP "
+                    "tlog-proof: its audit record, Merkle inclusion proof and covering "
+                    "checkpoint.",
                     "responses": _with_errors(
                         {
                             "200": {
-                                "description": "The receipt.",
+                                "description": "The receipt (tlog-proof text).",
                                 "content": {
-                                    "application/json": {
+                                    "text/plain": {
                                         "schema": {"$ref": "#/components/schemas/Receipt"}
                                     }
                                 },
@@ -538,6 +533,41 @@ def openapi_document() -> dict[str, Any]:
                             }
                         },
                         "409",
+                    ),
+                }
+            },
+            "/v1/audit/tile/{path}": {
+                "get": {
+                    "operationId": "auditTile",
+                    "summary": "The log as C2SP tlog-tiles (auditor): a hash tile "
+                    "`<L>/<N>[.p/<W>]`, an entry bundle `entries/<N>[.p/<W>]` (32-byte "
+                    "record hashes) or a record bundle `records/<N>[.p/<W>]` (canonical "
+                    "JSON), uint16 length-prefixed. Served once a stored checkpoint covers "
+                    "it; a partial tile only at a width some checkpoint needs. A path "
+                    "that names no tile is 404.",
+                    "parameters": [
+                        {
+                            "name": "path",
+                            "in": "path",
+                            "required": True,
+                            "description": "`<L>/<N>[.p/<W>]`, `entries/<N>[.p/<W>]` or "
+                            "`records/<N>[.p/<W>]`; N as 3-digit elements, all but the last "
+                            "prefixed `x` (1234067 is `x001/x234/067`); L 0..63, W 1..255, "
+                            "without leading zeros.",
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": _with_errors(
+                        {
+                            "200": {
+                                "description": "The tile or bundle.",
+                                "content": {
+                                    "application/octet-stream": {
+                                        "schema": {"type": "string", "format": "binary"}
+                                    }
+                                },
+                            }
+                        }
                     ),
                 }
             },

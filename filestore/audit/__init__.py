@@ -14,7 +14,8 @@ notes; the API and CLI call what is re-exported here. The formats are in
   tlog-cosignature) and a witness's add-checkpoint decisions;
 * :mod:`.export`, :mod:`.csv_export` — JSONL (verifiable) and CSV exports;
 * :mod:`.verify` — offline verification of a JSONL export;
-* :mod:`.receipts` — per-file deletion receipts.
+* :mod:`.tiles` — the tree as C2SP tlog-tiles, proofs from O(log n) tiles;
+* :mod:`.receipts` — per-file deletion receipts (C2SP tlog-proof).
 
 Every failed check raises :class:`AuditVerificationError` (a
 :class:`~filestore.errors.FilestoreError`); verification never returns a bool.
@@ -40,7 +41,16 @@ from filestore.audit.keys import (
     parse_verifier_key,
     verifier_key_string,
 )
-from filestore.audit.receipts import RECEIPT_FORMAT, make_receipt, verify_receipt
+from filestore.audit.receipts import (
+    PROOF_HEADER,
+    RECEIPT_FORMAT,
+    RECEIPT_MEDIA_TYPE,
+    make_json_receipt,
+    make_receipt,
+    peek_receipt,
+    receipt_note,
+    verify_receipt,
+)
 from filestore.audit.records import (
     GENESIS_HASH,
     AuditRecord,
@@ -55,7 +65,9 @@ __all__ = [
     "CSV_COLUMNS",
     "EXPORT_FORMAT",
     "GENESIS_HASH",
+    "PROOF_HEADER",
     "RECEIPT_FORMAT",
+    "RECEIPT_MEDIA_TYPE",
     "AuditRecord",
     "AuditVerificationError",
     "Checkpoint",
@@ -71,11 +83,14 @@ __all__ = [
     "key_id",
     "load_public_key",
     "load_verifier",
+    "make_json_receipt",
     "make_receipt",
     "new_record",
     "parse_and_verify",
     "parse_verifier_key",
     "peek_checkpoint",
+    "peek_receipt",
+    "receipt_note",
     "sign_checkpoint",
     "verifier_key_string",
     "verify_export",

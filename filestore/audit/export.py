@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from filestore.audit._time import format_time, round_ms
 from filestore.audit.checkpoint import Checkpoint, peek_checkpoint
@@ -44,9 +44,59 @@ from filestore.audit.frontier import Frontier
 from filestore.audit.merkle import consistency_proof, inclusion_proof
 from filestore.audit.records import GENESIS_HASH, AuditRecord
 
-__all__ = ["EXPORT_FORMAT", "ExportHeader", "export_lines", "json_line"]
+__all__ = [
+    "EXPORT_FORMAT",
+    "ExportHeader",
+    "LeafProofs",
+    "ProofSource",
+    "export_lines",
+    "json_line",
+]
 
 EXPORT_FORMAT = "filestore-audit-export/1"
+
+
+class ProofSource(Protocol):
+    """What an export needs of the tree beyond the records it carries: a
+    handful of values, however many records the log holds (the service
+    computes them from tiles; :class:`LeafProofs` from every leaf)."""
+
+    def leaf(self, index: int) -> bytes:
+        """The leaf input (raw record hash) of leaf ``index``."""
+
+    def frontier(self, size: int) -> list[bytes]:
+        """The frontier hashes of the tree of ``size`` leaves."""
+
+    def consistency(self, old_size: int, size: int) -> list[bytes]:
+        """RFC 6962 ``PROOF(old_size, D[size])``."""
+
+    def inclusion(self, index: int, size: int) -> list[bytes]:
+        """RFC 6962 ``PATH(index, D[size])``."""
+
+
+class LeafProofs:
+    """:class:`ProofSource` over the raw hashes of records ``1..n`` (O(n)
+    per proof: for tests and small logs)."""
+
+    def __init__(self, leaves: Sequence[bytes]) -> None:
+        self.leaves = leaves
+
+    def _need(self, n: int) -> Sequence[bytes]:
+        if len(self.leaves) < n:
+            raise ValueError(f"the hashes of records 1..{n} are needed")
+        return self.leaves[:n]
+
+    def leaf(self, index: int) -> bytes:
+        return self._need(index + 1)[index]
+
+    def frontier(self, size: int) -> list[bytes]:
+        return Frontier.of_leaves(self._need(size)).hashes
+
+    def consistency(self, old_size: int, size: int) -> list[bytes]:
+        return consistency_proof(old_size, self._need(size))
+
+    def inclusion(self, index: int, size: int) -> list[bytes]:
+        return inclusion_proof(index, self._need(size))
 
 
 @dataclass(frozen=True)
@@ -98,6 +148,7 @@ def export_lines(
     checkpoints: Iterable[str],
     *,
     leaves: Sequence[bytes] | None = None,
+    proofs: ProofSource | None = None,
     consistency_from: int | None = None,
 ) -> Iterator[str]:
     """Stream the export, one ``\\n``-terminated line at a time.
@@ -110,12 +161,17 @@ def export_lines(
     the export is signed to its end; for each size one (the newest) note is
     enough.
 
-    ``leaves`` are the raw hashes of records ``1..n`` for at least the
-    largest checkpoint size. They are needed when ``first_seq > 1``, when a
-    checkpoint lies beyond the last record, and for ``consistency_from``;
-    ValueError if they are needed and missing, if records are out of order,
-    or if a record's hash differs from its leaf.
+    ``proofs`` gives the tree's values an export needs beyond its records;
+    or ``leaves``, the raw hashes of records ``1..n`` for at least the
+    largest checkpoint size (each record is then also checked against its
+    leaf). One of them is needed when ``first_seq > 1``, when a checkpoint
+    lies beyond the last record, and for ``consistency_from``; ValueError if
+    neither is given then, if records are out of order, or if a record's
+    hash differs from its leaf.
     """
+    if leaves is not None and proofs is not None:
+        raise ValueError("give at most one of leaves and proofs")
+    source = LeafProofs(leaves) if leaves is not None else proofs
     first = header.first_seq
     start = first - 1
     cps = sorted(
@@ -125,17 +181,17 @@ def export_lines(
     if consistency_from is not None and cps and not 0 <= consistency_from <= cps[-1][0].size:
         raise ValueError("consistency_from is beyond the newest checkpoint")
 
-    def need(n: int, why: str) -> Sequence[bytes]:
-        if leaves is None or len(leaves) < n:
+    def need(n: int, why: str) -> ProofSource:
+        if source is None or (leaves is not None and len(leaves) < n):
             raise ValueError(f"the hashes of records 1..{n} are needed {why}")
-        return leaves
+        return source
 
     if start == 0:
         prev_hash, frontier = GENESIS_HASH, []
     else:
-        prefix = need(start, "for an export that starts after seq 1")
-        prev_hash = prefix[start - 1].hex()
-        frontier = [h.hex() for h in Frontier.of_leaves(prefix[: start - 1]).hashes]
+        tree = need(start, "for an export that starts after seq 1")
+        prev_hash = tree.leaf(start - 1).hex()
+        frontier = [h.hex() for h in tree.frontier(start - 1)]
     yield json_line(
         "export",
         {
@@ -157,7 +213,7 @@ def export_lines(
         if consistency_from is None or index != last_index:
             return {}
         tree = need(cp.size, "for consistency_from")
-        proof = consistency_proof(consistency_from, tree[: cp.size])
+        proof = tree.consistency(consistency_from, cp.size)
         return {"consistency_from": {"size": consistency_from, "proof": [p.hex() for p in proof]}}
 
     pos = start
@@ -183,11 +239,11 @@ def export_lines(
     known = pos
     while i < len(cps):
         cp, note = cps[i]
-        tree = need(cp.size, "for a checkpoint beyond the last record")[: cp.size]
+        tree = need(cp.size, "for a checkpoint beyond the last record")
         fields = {
             "note": note,
-            "consistency": [p.hex() for p in consistency_proof(known, tree)],
-            "head_proof": [p.hex() for p in inclusion_proof(cp.size - 1, tree)],
+            "consistency": [p.hex() for p in tree.consistency(known, cp.size)],
+            "head_proof": [p.hex() for p in tree.inclusion(cp.size - 1, cp.size)],
             **extra(i, cp),
         }
         yield json_line("checkpoint", fields)

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from yarl import URL
 
 from filestore import __version__
-from filestore.audit import AuditRecord, AuditVerificationError, load_verifier, verify_receipt
+from filestore.audit import AuditVerificationError, load_verifier, peek_receipt, verify_receipt
 from filestore.client.errors import (
     AuthError,
     ChecksumMismatchError,
@@ -751,9 +751,16 @@ class AsyncClient:
         ConflictError (409) until the deletion is under a checkpoint."""
         url, file_id, _ = self._file_url(file_id, "receipt")
         response = await self._send("GET", url, what=f"the receipt of {file_id}", idempotent=True)
-        document = await self._json(response, "a receipt")
-        if not isinstance(document, Mapping):
-            raise ServerError("the server's answer is not a receipt")
+        try:
+            text = await response.text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ServerError("the server's answer is not a receipt") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ConnectionFailedError(
+                f"the receipt of {file_id}: the answer was cut off"
+            ) from exc
+        finally:
+            response.release()
         verified = False
         try:
             if public_key is not None:
@@ -762,26 +769,22 @@ class AsyncClient:
                 else:
                     key, vkey_name = load_verifier(public_key)
                     name = key_name or vkey_name
-                record = verify_receipt(document, key, name)
+                record = verify_receipt(text, key, name)
                 verified = True
-            else:
-                record = AuditRecord.from_json(document.get("record", {}))
-            tree_size = document["tree_size"]
+            # The tree size is the embedded checkpoint's (signature checked above
+            # when a key was given; only shown otherwise).
+            record, tree_size = peek_receipt(text)
         except AuditVerificationError as exc:
             raise ReceiptVerificationError(f"the receipt of {file_id} is not valid: {exc}") from exc
-        except KeyError:
-            raise ReceiptVerificationError(f"the receipt of {file_id} is malformed") from None
         if record.file_id != file_id:
             raise ReceiptVerificationError(
                 f"the receipt is for another file ({record.file_id}), not {file_id}"
             )
-        if not isinstance(tree_size, int):
-            raise ReceiptVerificationError(f"the receipt of {file_id} is malformed")
         return Receipt(
             file_id=file_id,
             record=record,
             tree_size=tree_size,
-            document=document,
+            text=text,
             verified=verified,
         )
 

@@ -225,7 +225,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     receipt.add_argument(
         "--public-key", metavar="PATH", help="the audit log's public key you pinned (PEM or vkey)"
     )
-    receipt.add_argument("-o", "--output", metavar="PATH", help="save the receipt document")
+    receipt.add_argument(
+        "-o", "--output", metavar="PATH", help="save the receipt (a .tlog-proof text file)"
+    )
 
     sub.add_parser(
         "status",
@@ -479,7 +481,7 @@ async def _receipt(fs: AsyncClient, args: argparse.Namespace, out: Output) -> No
     receipt = await fs.receipt(args.id, public_key=pinned)
     if args.output:
         async with aiofiles.open(args.output, "w", encoding="utf-8") as fh:
-            await fh.write(json.dumps(dict(receipt.document), indent=2) + "\n")
+            await fh.write(receipt.text)
     out.emit(receipt.to_json())
     record = receipt.record
     out.say(f"deletion receipt for {receipt.file_id}")

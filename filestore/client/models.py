@@ -106,16 +106,16 @@ class Deletion:
 
 @dataclass(frozen=True)
 class Receipt:
-    """A deletion receipt. ``document`` is the receipt as served (keep it:
-    ``filestore audit verify-receipt`` checks it offline); ``record`` is
-    its audit record, its hash checked. ``verified`` is True only when the
-    signature and the inclusion proof were checked against a pinned public
-    key and the record is this file's."""
+    """A deletion receipt. ``text`` is the receipt as served, a C2SP
+    tlog-proof (keep it: ``filestore audit verify-receipt`` checks it
+    offline); ``record`` is its audit record, its hash checked. ``verified``
+    is True only when the signature and the inclusion proof were checked
+    against a pinned public key and the record is this file's."""
 
     file_id: str
     record: AuditRecord
     tree_size: int
-    document: Mapping[str, Any] = field(repr=False)
+    text: str = field(repr=False)
     verified: bool
 
     def to_json(self) -> dict[str, Any]:
@@ -124,7 +124,7 @@ class Receipt:
             "verified": self.verified,
             "tree_size": self.tree_size,
             "record": self.record.to_json(),
-            "receipt": dict(self.document),
+            "receipt": self.text,
         }
 
 

@@ -28,6 +28,7 @@ from typing import Protocol
 
 from filestore.audit.entries import AuditEntry
 from filestore.audit.records import AuditRecord
+from filestore.audit.tiles import Tile
 
 
 class FileState(StrEnum):
@@ -338,6 +339,20 @@ class AuditStore(Protocol):
     async def hashes(self, size: int, after: int = 0) -> list[bytes]:
         """The raw hashes of records ``after+1 .. size``, the Merkle tree's
         leaves (all of them with the default ``after``)."""
+
+    async def read_tiles(self, tiles: Sequence[Tile]) -> list[bytes]:
+        """The bytes of each tlog tile (``width`` hashes of 32 bytes), in one
+        transaction: level 0 from the records' hashes, levels above from the
+        stored subtree roots. A tile whose hashes do not all exist yet comes
+        back short (callers check the length)."""
+
+    async def record_texts(self, after_seq: int, limit: int) -> list[str]:
+        """The stored canonical JSON of records ``after_seq+1 …`` (at most
+        ``limit``), byte for byte as hashed and stored."""
+
+    async def checkpoint_sized(self, low: int, high: int) -> bool:
+        """Whether some stored checkpoint has a tree size in ``[low, high)``
+        (the partial tiles the log must serve are those such a size needs)."""
 
     async def record_for_file(self, file_id: str) -> AuditRecord | None: ...
 

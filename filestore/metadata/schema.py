@@ -104,6 +104,21 @@ audit_cosignatures = sa.Table(
     sa.Column("received_at", sa.Float(53), nullable=False),
 )
 
+#: The deletion log's Merkle tree above the leaves, as tlog-tiles keep it:
+#: row (level, idx) is the root of the perfect subtree over leaves
+#: ``[idx·256^level, (idx+1)·256^level)``, written (append-only) in the
+#: transaction that appends the leaf completing it. Level 0 (the leaf
+#: hashes) is derived from ``audit_log.hash`` and not stored twice.
+audit_tree = sa.Table(
+    "audit_tree",
+    metadata,
+    sa.Column("level", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("idx", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("hash", sa.LargeBinary(32), nullable=False),
+    sa.CheckConstraint("level >= 1 AND length(hash) = 32", name="audit_tree_check"),
+    sqlite_with_rowid=False,
+)
+
 #: Each instance's last purge pass, for the cluster's status page.
 instance_passes = sa.Table(
     "instance_passes",

@@ -20,7 +20,9 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from filestore.audit.entries import AuditEntry
+from filestore.audit.merkle import leaf_hash
 from filestore.audit.records import AuditRecord, decode_record, encode_record
+from filestore.audit.tiles import TILE_WIDTH, Tile, completed_subtrees, leaf_tile, perfect_hash
 from filestore.errors import NotFound
 from filestore.metadata import rules
 from filestore.metadata.base import (
@@ -43,6 +45,7 @@ from filestore.metadata.schema import (
     audit_checkpoints,
     audit_cosignatures,
     audit_log,
+    audit_tree,
     file_keys,
     files,
     instance_passes,
@@ -228,7 +231,43 @@ def _append(conn: sa.Connection, prev: AuditRecord | None, entry: AuditEntry) ->
             "body": encode_record(record),
         },
     )
+    _grow_tree(conn, record.seq)
     return record
+
+
+def _tree_row(conn: sa.Connection, level: int, first: int, count: int) -> list[bytes]:
+    """Hashes ``first .. first+count-1`` at ``level`` of the tree (level 0:
+    leaf hashes of the records' hashes; above: stored subtree roots)."""
+    if level == 0:
+        rows = conn.execute(
+            sa.select(audit_log.c.hash)
+            .where(audit_log.c.seq > first, audit_log.c.seq <= first + count)
+            .order_by(audit_log.c.seq)
+        ).scalars()
+        return [bytes.fromhex(h) for h in rows]
+    rows = conn.execute(
+        sa.select(audit_tree.c.hash)
+        .where(
+            audit_tree.c.level == level,
+            audit_tree.c.idx >= first,
+            audit_tree.c.idx < first + count,
+        )
+        .order_by(audit_tree.c.idx)
+    ).scalars()
+    return [bytes(h) for h in rows]
+
+
+def _grow_tree(conn: sa.Connection, size: int) -> None:
+    """Store the roots of the subtrees leaf ``size - 1`` completes, in the
+    appending transaction (under the audit lock): the tree's tiles are
+    always those of the records on file."""
+    for level, index in completed_subtrees(size):
+        below = _tree_row(conn, level - 1, index * TILE_WIDTH, TILE_WIDTH)
+        if level == 1:
+            below = [leaf_hash(h) for h in below]
+        if len(below) != TILE_WIDTH:
+            raise RuntimeError(f"the audit tree lacks level {level - 1} under index {index}")
+        conn.execute(audit_tree.insert().values(level=level, idx=index, hash=perfect_hash(below)))
 
 
 # ------------------------------------------------------------------- files
@@ -648,6 +687,38 @@ class SQLAuditStore(_Part):
                 .order_by(audit_log.c.seq)
             ).scalars()
             return [bytes.fromhex(h) for h in rows]
+
+        return await self._read(fn)
+
+    async def read_tiles(self, tiles: Sequence[Tile]) -> list[bytes]:
+        def fn(conn: sa.Connection) -> list[bytes]:
+            out = []
+            for tile in tiles:
+                row = _tree_row(conn, tile.level, tile.first, tile.width)
+                out.append(leaf_tile(row) if tile.level == 0 else b"".join(row))
+            return out
+
+        return await self._read(fn)
+
+    async def record_texts(self, after_seq: int, limit: int) -> list[str]:
+        def fn(conn: sa.Connection) -> list[str]:
+            rows = conn.execute(
+                sa.select(audit_log.c.body)
+                .where(audit_log.c.seq > after_seq, audit_log.c.seq <= after_seq + limit)
+                .order_by(audit_log.c.seq)
+            ).scalars()
+            return [str(body) for body in rows]
+
+        return await self._read(fn)
+
+    async def checkpoint_sized(self, low: int, high: int) -> bool:
+        def fn(conn: sa.Connection) -> bool:
+            found = conn.execute(
+                sa.select(audit_checkpoints.c.id)
+                .where(audit_checkpoints.c.size >= low, audit_checkpoints.c.size < high)
+                .limit(1)
+            ).first()
+            return found is not None
 
         return await self._read(fn)
 

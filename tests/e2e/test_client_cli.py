@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from filestore.audit import load_verifier, verify_receipt
 from filestore.client import cli as client_cli
 from filestore.client.cli import PROGRESS_THRESHOLD, ExitCode
 from filestore.crypto.signing import public_key_pem
@@ -335,12 +336,14 @@ def test_every_error_class_has_its_exit_code(
     operator_call(server, "POST", "/v1/purge/run")
     pinned = tmp_path / "audit.pem"
     pinned.write_bytes(operator_call(server, "GET", "/v1/audit/public-key"))
-    saved = tmp_path / "receipt.json"
+    saved = tmp_path / "receipt.tlog-proof"
     good = cli(
         capsys, "receipt", deleted, "--verify", "--public-key", str(pinned), "-o", str(saved)
     )
     assert good.code == 0 and "verified  signature and inclusion proof" in good.out
-    assert json.loads(saved.read_text())["record"]["file_id"] == deleted
+    assert verify_receipt(saved.read_text(), load_verifier(pinned.read_bytes())[0]).file_id == (
+        deleted
+    )
     as_json = cli(capsys, "receipt", deleted, "--verify", "--public-key", str(pinned), "--json")
     assert as_json.json()["verified"] is True
     wrong = tmp_path / "wrong.pem"

@@ -23,7 +23,7 @@ from filestore.audit import (
     ExportHeader,
     checkpoint_of,
     export_lines,
-    make_receipt,
+    make_json_receipt,
     new_record,
     sign_checkpoint,
     verify_export,
@@ -189,9 +189,7 @@ def test_a_kek_destroyed_while_keys_remained_is_found() -> None:
 
 
 def test_an_orphan_record_is_held_only_to_its_flags() -> None:
-    orphan = _with(
-        2, tenant=None, size=None, created_at=None, expires_at=None, reason="orphan"
-    )
+    orphan = _with(2, tenant=None, size=None, created_at=None, expires_at=None, reason="orphan")
     assert violations([good(1), orphan]) == []
 
 
@@ -213,7 +211,7 @@ def test_a_receipt_is_bound_to_its_file_and_tenant() -> None:
         records.append(prev)
     leaves = [bytes.fromhex(r.hash) for r in records]
     note = sign_checkpoint(checkpoint_of(ORIGIN, leaves, T0 + 3 * STEP), KEY, ORIGIN)
-    receipt = make_receipt(records[0], note, leaves=leaves)
+    receipt = make_json_receipt(records[0], note, leaves=leaves)
     assert verify_receipt(receipt, PUB, file_id=fid(1), tenant="acme").file_id == fid(1)
     with pytest.raises(AuditVerificationError, match="for another file"):
         verify_receipt(receipt, PUB, file_id=fid(2))
@@ -284,15 +282,15 @@ def test_exit_codes_tell_faults_promises_and_incomplete_logs_apart(
     assert fault.returncode == 1 and "FAILED" in fault.stderr
 
 
-def test_verify_receipt_binds_the_file_on_the_command_line(
-    tmp_path: Path, key_file: Path
-) -> None:
+def test_verify_receipt_binds_the_file_on_the_command_line(tmp_path: Path, key_file: Path) -> None:
     record = new_record(None, **good(1))
     note = sign_checkpoint(
         checkpoint_of(ORIGIN, [bytes.fromhex(record.hash)], T0 + 3 * STEP), KEY, ORIGIN
     )
     path = tmp_path / "receipt.json"
-    path.write_text(json.dumps(make_receipt(record, note, leaves=[bytes.fromhex(record.hash)])))
+    path.write_text(
+        json.dumps(make_json_receipt(record, note, leaves=[bytes.fromhex(record.hash)]))
+    )
     base = ["verify-receipt", str(path), "--public-key", str(key_file)]
     assert _cli(tmp_path, *base, "--file-id", fid(1), "--tenant", "acme").returncode == 0
     other = _cli(tmp_path, *base, "--file-id", fid(2))

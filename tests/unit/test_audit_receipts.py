@@ -16,7 +16,7 @@ from filestore.audit import (
     AuditRecord,
     AuditVerificationError,
     checkpoint_of,
-    make_receipt,
+    make_json_receipt,
     new_record,
     sign_checkpoint,
     verify_receipt,
@@ -64,25 +64,25 @@ NOTE = sign_checkpoint(checkpoint_of(ORIGIN, LEAVES, T0 + 100), KEY, ORIGIN)
 @pytest.mark.parametrize("seq", range(1, 14))
 def test_every_record_gets_a_verifiable_receipt(seq: int) -> None:
     record = RECORDS[seq - 1]
-    receipt = make_receipt(record, NOTE, leaves=LEAVES)
+    receipt = make_json_receipt(record, NOTE, leaves=LEAVES)
     # It survives a trip through JSON, as it travels to the tenant.
     again = json.loads(json.dumps(receipt))
     assert verify_receipt(again, PUB) == record
     assert verify_receipt(again, PUB, ORIGIN) == record
-    assert make_receipt(record, NOTE, proof=inclusion_proof(seq - 1, LEAVES)) == receipt
+    assert make_json_receipt(record, NOTE, proof=inclusion_proof(seq - 1, LEAVES)) == receipt
 
 
 def test_receipt_under_a_later_checkpoint() -> None:
     note = sign_checkpoint(checkpoint_of(ORIGIN, LEAVES[:5], T0 + 5), KEY, ORIGIN)
-    receipt = make_receipt(RECORDS[4], note, leaves=LEAVES)  # extra leaves are ignored
+    receipt = make_json_receipt(RECORDS[4], note, leaves=LEAVES)  # extra leaves are ignored
     assert receipt["tree_size"] == 5
     assert verify_receipt(receipt, PUB) == RECORDS[4]
     with pytest.raises(ValueError, match="not under a checkpoint of size 5"):
-        make_receipt(RECORDS[5], note, leaves=LEAVES)
+        make_json_receipt(RECORDS[5], note, leaves=LEAVES)
 
 
 def test_receipt_reveals_nothing_of_other_records() -> None:
-    receipt = make_receipt(RECORDS[6], NOTE, leaves=LEAVES)
+    receipt = make_json_receipt(RECORDS[6], NOTE, leaves=LEAVES)
     text = json.dumps(receipt)
     for other in RECORDS:
         if other.seq == 7:
@@ -118,20 +118,20 @@ def _tampered(receipt: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     ],
 )
 def test_tampered_receipts_fail(path: str, value: Any, fragment: str) -> None:
-    receipt = make_receipt(RECORDS[2], NOTE, leaves=LEAVES)
+    receipt = make_json_receipt(RECORDS[2], NOTE, leaves=LEAVES)
     with pytest.raises(AuditVerificationError, match=fragment):
         verify_receipt(_tampered(receipt, path, value), PUB)
 
 
 def test_receipt_for_another_record_with_this_proof_fails() -> None:
-    receipt = make_receipt(RECORDS[2], NOTE, leaves=LEAVES)
+    receipt = make_json_receipt(RECORDS[2], NOTE, leaves=LEAVES)
     receipt["record"] = RECORDS[3].to_json()
     with pytest.raises(AuditVerificationError, match="inclusion proof"):
         verify_receipt(receipt, PUB)
 
 
 def test_receipt_checkpoint_must_be_signed_by_the_key() -> None:
-    receipt = make_receipt(RECORDS[2], NOTE, leaves=LEAVES)
+    receipt = make_json_receipt(RECORDS[2], NOTE, leaves=LEAVES)
     with pytest.raises(AuditVerificationError, match="no signature"):
         verify_receipt(receipt, Ed25519PrivateKey.generate().public_key())
     forged = sign_checkpoint(checkpoint_of(ORIGIN, LEAVES, T0 + 100), KEY, ORIGIN).replace(
@@ -147,6 +147,6 @@ def test_receipt_is_not_made_against_a_checkpoint_of_another_history() -> None:
     other = [hashlib.sha256(x).digest() for x in LEAVES]
     note = sign_checkpoint(checkpoint_of(ORIGIN, other, T0), KEY, ORIGIN)
     with pytest.raises(AuditVerificationError):
-        make_receipt(RECORDS[0], note, leaves=LEAVES)
+        make_json_receipt(RECORDS[0], note, leaves=LEAVES)
     with pytest.raises(ValueError, match="exactly one"):
-        make_receipt(RECORDS[0], NOTE)
+        make_json_receipt(RECORDS[0], NOTE)

@@ -3,7 +3,7 @@ and tree size (the newest), filed under the SHA-256 of the checkpoint text
 they sign, so each is handed out with exactly the note it covers.
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-02
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
