@@ -256,6 +256,9 @@ class Settings:
     upload_grace: float = 3600.0
     #: Bytes of plaintext per encryption batch (a multiple of 16 KiB).
     batch_size: int = 1 << 20
+    #: A verified API key is not looked up again for this long, so a key
+    #: revoked from another process works at most this much longer (0: off).
+    key_cache_ttl: float = 1.0
     # --- S3 settings (issue 4); credentials come from the standard AWS chain.
     #: Bucket for blobs when storage = "s3" (required then).
     s3_bucket: str = ""
@@ -476,6 +479,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "download_grace": parse_duration,
     "sweep_interval": parse_duration,
     "batch_size": parse_size,
+    "key_cache_ttl": parse_duration,
     # --- S3 settings (issue 4)
     "s3_bucket": str,
     "s3_prefix": str,

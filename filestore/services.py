@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from filestore.auth import create_key
+from filestore.auth import KeyCache, create_key
 from filestore.clock import Clock, SystemClock
 from filestore.cluster import open_ratchet
 from filestore.commitment import check_commitment
@@ -53,10 +53,14 @@ class Services:
     cluster_secret: bytes | None = field(default=None, repr=False)
     #: The storage check the health endpoints reuse for a few seconds.
     storage_probe: CachedProbe | None = field(default=None, repr=False)
+    #: Verified API keys, remembered for ``key_cache_ttl``.
+    key_cache: KeyCache | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.storage_probe is None:
             self.storage_probe = CachedProbe(self.blobs.check)
+        if self.key_cache is None:
+            self.key_cache = KeyCache(self.clock, self.settings.key_cache_ttl)
 
 
 async def open_metadata(settings: Settings) -> MetadataStore:

@@ -33,7 +33,7 @@ from filestore.crypto.wrapping import DekBinding
 from filestore.errors import BadRequest, ChecksumMismatch, FilestoreError, TooLarge, Unavailable
 from filestore.files_info import FileInfo
 from filestore.metadata.base import FileKey, FileRecord, FileState, FileStore
-from filestore.storage.base import BlobStore
+from filestore.storage.base import BlobStore, BlobWriter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -216,10 +216,12 @@ class Uploads:
         pending: list[bytes] = []
         pending_size = 0
         sealing: asyncio.Future[bytearray] | None = None
-        # The header goes out with the first batch: one write fewer, which
-        # for a small file is a third of its trips to the storage threads.
+        # The header goes out with the first batch: one write fewer. The blob
+        # is only created once a first batch fills; a file that ends before
+        # that (most small files) is stored by one put, one trip to storage.
         prefix: bytes | None = encryptor.prefix()
-        writer = await self.blobs.create(ids.blob_name(file_id))
+        name = ids.blob_name(file_id)
+        writer: BlobWriter | None = None
         try:
             async for piece in body:
                 size += len(piece)
@@ -228,6 +230,8 @@ class Uploads:
                 pending.append(piece)
                 pending_size += len(piece)
                 if pending_size >= batch:
+                    if writer is None:
+                        writer = await self.blobs.create(name)
                     if sealing is not None:
                         await writer.write(await sealing)
                     elif prefix is not None:
@@ -235,17 +239,23 @@ class Uploads:
                         prefix = None
                     sealing = loop.run_in_executor(None, seal, pending)
                     pending, pending_size = [], 0
-            if sealing is not None:
+            if writer is not None and sealing is not None:
+                # The last batch is sealed only after this one: one stream.
                 await writer.write(await sealing)
                 sealing = None
-            await writer.write((prefix or b"") + bytes(seal(pending)) + encryptor.finalize())
-            await writer.commit()
+            tail = (prefix or b"") + bytes(seal(pending)) + encryptor.finalize()
+            if writer is None:
+                await self.blobs.put(name, tail)
+            else:
+                await writer.write(tail)
+                await writer.commit()
         except BaseException:
             if sealing is not None:
                 # Let the worker finish with the buffers before they go.
                 with contextlib.suppress(BaseException):
                     await asyncio.shield(sealing)
-            await _shielded(writer.abort())
+            if writer is not None:
+                await _shielded(writer.abort())
             raise
         return size, digest.digest()
 

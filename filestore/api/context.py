@@ -44,7 +44,8 @@ async def principal(request: web.Request, *roles: Role) -> Principal:
     one a proxy on the way added, or kept, is anyone's guess."""
     if len(request.headers.getall("Authorization", [])) > 1:
         raise AuthError("send one Authorization header, not several")
-    who = await authenticate(services(request).metadata, request.headers.get("Authorization"))
+    svc = services(request)
+    who = await authenticate(svc.metadata, request.headers.get("Authorization"), svc.key_cache)
     note_tenant(request, who.tenant)
     who.require(*roles)
     return who

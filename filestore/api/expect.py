@@ -28,7 +28,7 @@ async def expect_handler(request: web.Request) -> web.StreamResponse | None:
     if request.method == "POST" and request.path == "/v1/files":
         svc = services(request)
         try:
-            await authenticate(svc.metadata, request.headers.get("Authorization"))
+            await authenticate(svc.metadata, request.headers.get("Authorization"), svc.key_cache)
             length = request.content_length
             if length is not None and length > svc.settings.max_file_size:
                 raise TooLarge(svc.settings.max_file_size)

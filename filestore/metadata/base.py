@@ -400,6 +400,12 @@ class ApiKeyStore(Protocol):
     async def revoke(self, key_id: str, now: float) -> bool:
         """Mark a key revoked; returns False if there is no such live key."""
 
+    @property
+    def revocations(self) -> int:
+        """How many revocations this object has committed: a cache of keys
+        (``filestore.auth.KeyCache``) drops what it holds when it changes, so
+        a revocation made in this process takes effect at once."""
+
 
 class MetadataStore(Protocol):
     """One metadata database: the stores above, and its health."""

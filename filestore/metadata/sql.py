@@ -991,6 +991,12 @@ class SQLClusterStore(_Part):
 class SQLApiKeyStore(_Part):
     """:class:`~filestore.metadata.base.ApiKeyStore` on SQLAlchemy Core."""
 
+    _revocations = 0
+
+    @property
+    def revocations(self) -> int:
+        return self._revocations
+
     async def add(self, key: ApiKeyRecord) -> None:
         def fn(conn: sa.Connection) -> None:
             conn.execute(
@@ -1031,7 +1037,9 @@ class SQLApiKeyStore(_Part):
             )
             return bool(done.rowcount == 1)
 
-        return await self._write(fn)
+        revoked = await self._write(fn)
+        self._revocations += 1
+        return revoked
 
 
 # ------------------------------------------------------------------- whole

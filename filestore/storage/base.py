@@ -55,6 +55,14 @@ class BlobStore(Protocol):
         ``abort`` after ``commit`` returned does nothing.
         """
 
+    async def put(self, name: str, data: bytes | bytearray) -> None:
+        """Store ``data`` as the whole blob ``name``, durable and visible when
+        this returns, as :meth:`create`, one write and a commit would make it,
+        but in one trip to the medium: the path of a file that arrived whole
+        in its first batch. Raises as commit does and leaves no partial blob;
+        cancelled, it raises only once nothing of the blob is left, since the
+        caller never saw success."""
+
     def read(
         self,
         name: str,

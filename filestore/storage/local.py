@@ -347,6 +347,38 @@ class LocalBlobStore:
         self._writers.add(writer)
         return writer
 
+    async def put(self, name: str, data: bytes | bytearray) -> None:
+        """Open, write, fsync, rename and fsync the shard in one thread job:
+        for a small file, four trips of :meth:`create`/write/commit in one."""
+        _check_name(name)
+        part = self._tmp / f"{name}.{secrets.token_hex(8)}.part"
+        final = self._path(name)
+        job = self._submit(functools.partial(self._put, part, final, data))
+        try:
+            await _settle("write a blob", job)
+        except asyncio.CancelledError:
+            # Not raised before the blob is gone again: a cancelled upload's
+            # cleanup then never races the rename.
+            undo = self._submit(after(job, functools.partial(self._unput, job, final)))
+            with contextlib.suppress(Exception):
+                await _settle("remove a blob", undo)
+            raise
+
+    def _put(self, part: Path, final: Path, data: bytes | bytearray) -> None:
+        fd = os.open(part, _NEW_FILE, _FILE_MODE)
+        try:
+            _write_all(fd, data)
+        except BaseException:
+            _close_quietly(fd)
+            _unlink(part)
+            raise
+        self._publish(fd, part, final)
+
+    def _unput(self, job: Future[None], final: Path) -> None:
+        """After a cancelled :meth:`put`: take back what it published."""
+        if job.exception() is None and _unlink(final):
+            _fsync_dir(final.parent)
+
     async def read(
         self,
         name: str,

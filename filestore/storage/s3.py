@@ -412,6 +412,17 @@ class S3BlobStore:
         self._writers.add(writer)
         return writer
 
+    async def put(self, name: str, data: bytes | bytearray) -> None:
+        """A blob smaller than a part is one ``PutObject`` at commit already:
+        the writer's path is the one-trip path here."""
+        writer = await self.create(name)
+        try:
+            await writer.write(data)
+            await writer.commit()
+        except BaseException:
+            await asyncio.shield(writer.abort())
+            raise
+
     async def read(
         self,
         name: str,

@@ -10,6 +10,8 @@ Semantics pinned here that the Protocol leaves implicit:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import os
 import random
@@ -98,6 +100,39 @@ async def test_round_trip(blob_store: BlobStore, size: int) -> None:
     assert max(map(len, pieces), default=0) <= MiB
     assert await blob_store.size(name) == size
     assert await blob_store.exists(name) is True
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, MiB + 1])
+async def test_put_stores_a_whole_blob(blob_store: BlobStore, size: int) -> None:
+    name, data = _name(), _data(size, seed=size + 1)
+    await blob_store.put(name, bytearray(data))
+    assert await _get(blob_store, name) == data
+    assert await blob_store.size(name) == size
+    assert set(await _listed(blob_store)) == {name}  # no partial upload left
+
+
+async def test_put_replaces_and_is_replaced(blob_store: BlobStore) -> None:
+    name = _name()
+    await _put(blob_store, name, _data(MiB + 9, seed=1))
+    await blob_store.put(name, b"second")
+    assert await _get(blob_store, name) == b"second"
+    await _put(blob_store, name, b"third")
+    assert await _get(blob_store, name) == b"third"
+
+
+async def test_cancelled_put_leaves_nothing(blob_store: BlobStore) -> None:
+    """Cancelled as soon as it started, or later: either way the caller never
+    saw success, so once the cancelled call has returned nothing stays."""
+    for ticks in range(4):
+        name = _name()
+        task = asyncio.ensure_future(blob_store.put(name, _data(64 * 1024, seed=ticks)))
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await _assert_gone(blob_store, name)
+    assert await _listed(blob_store) == {}
 
 
 async def test_empty_writes_make_an_empty_blob(blob_store: BlobStore) -> None:
