@@ -4,11 +4,18 @@ store, and then the file's row is activated.
 All the code that runs before a file exists lives here. That includes the TTL
 and download-limit checks, the three-stage receive/encrypt/write pipeline,
 and the cleanup when an upload fails partway. None of it is needed once a file
-is ``active``. The order is fixed: the key row is written before the first
-blob byte, so any blob that exists can be crypto-erased. A failure removes the
-partial blob and discards the row. Whatever cleanup cannot reach during an
-outage stays ``uploading``, where no read accepts it (see
-:func:`filestore.metadata.rules.readable`), and the sweep removes it later.
+is ``active``.
+
+Two orders, one rule: a stored key never unlocks an incomplete blob, and
+every blob can be made unreadable. A streamed upload writes its key row
+(``uploading``) before the first blob byte, so a blob left by a crash can be
+crypto-erased; a failure removes the partial blob and discards the row, and
+whatever cleanup cannot reach during an outage stays ``uploading``, where no
+read accepts it (:func:`filestore.metadata.rules.readable`), for the sweep. A
+file that arrives within its first batch is stored whole first and its row
+and key row inserted ``active`` after, in one transaction: until that commit
+its DEK exists only in this process, so a crash leaves ciphertext nobody can
+decrypt, and the orphan sweep removes it.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from filestore import ids
@@ -33,7 +40,7 @@ from filestore.crypto.wrapping import DekBinding
 from filestore.errors import BadRequest, ChecksumMismatch, FilestoreError, TooLarge, Unavailable
 from filestore.files_info import FileInfo
 from filestore.metadata.base import FileKey, FileRecord, FileState, FileStore
-from filestore.storage.base import BlobStore, BlobWriter
+from filestore.storage.base import BlobStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -109,6 +116,55 @@ class _BatchSealer:
         return out
 
 
+class _Stream:
+    """The request body as it is received: size checked against the limit,
+    pieces held until a batch is full, and the hash + encryption state.
+
+    The first batch is read before anything is stored, so that a file that
+    ends within it can go the short path (:meth:`Uploads._store_whole`).
+    """
+
+    def __init__(self, encryptor: Encryptor, body: AsyncIterator[bytes], limit: int) -> None:
+        self.encryptor = encryptor
+        self.digest = hashlib.sha256()
+        self.seal = _BatchSealer(encryptor, self.digest).seal
+        self._body = aiter(body)
+        self._limit = limit
+        self.size = 0
+        self.pending: list[bytes] = []
+        self.pending_size = 0
+
+    async def receive(self) -> bool:
+        """Take the next piece into ``pending``; False at the end of the body."""
+        piece = await anext(self._body, None)
+        if piece is None:
+            return False
+        self.size += len(piece)
+        if self.size > self._limit:
+            raise TooLarge(self._limit)
+        self.pending.append(piece)
+        self.pending_size += len(piece)
+        return True
+
+    async def first_batch(self, batch: int) -> bool:
+        """Receive up to a full batch; True if the body ended within it."""
+        while self.pending_size < batch:
+            if not await self.receive():
+                return True
+        return False
+
+    def take(self) -> list[bytes]:
+        pending, self.pending, self.pending_size = self.pending, [], 0
+        return pending
+
+    def seal_whole(self) -> tuple[bytes, int, bytes]:
+        """The whole blob of a body that ended within its first batch: the
+        header, its one batch sealed, the final chunk; with size and digest."""
+        sealed = self.seal(self.take())
+        blob = self.encryptor.prefix() + bytes(sealed) + self.encryptor.finalize()
+        return blob, self.size, self.digest.digest()
+
+
 class Uploads:
     """Turns a request body into an ``active`` file, or into nothing."""
 
@@ -146,6 +202,14 @@ class Uploads:
         failure (bad input, client gone, outage) the partial blob is removed
         and the row discarded before the error propagates; what cleanup cannot
         reach (an outage) is left ``uploading`` for the sweep, never readable.
+
+        A body that ends within its first batch (``batch_size``) takes the
+        short path: sealed whole, stored by one ``put``, then its row and key
+        row inserted ``active`` in one transaction. That is half the database
+        commits and two fewer trips of a streamed upload, and it keeps the
+        rule that matters: no blob is ever readable through a stored key
+        before it is complete, and a blob whose row never came is under a
+        key that was never stored.
         """
         if self.halted is not None:
             raise Unavailable("this instance does not take uploads: " + self.halted)
@@ -165,28 +229,22 @@ class Uploads:
             expires_at=now + ttl,
             max_downloads=options.max_downloads,
         )
-        await self.files.create_upload(record, FileKey(file_id, kek_id, wrapped))
-        try:
-            size, digest = await self._write_blob(file_id, dek, kek_id, body)
-            if options.expected_sha256 is not None and not hmac.compare_digest(
-                digest, options.expected_sha256
-            ):
-                raise ChecksumMismatch(
-                    "the body's SHA-256 does not match the checksum sent with it"
-                )
-            sealed = seal_fields(
-                dek,
-                file_id,
-                {
-                    "filename": options.filename,
-                    "content_type": options.content_type,
-                    "sha256": digest.hex(),
-                },
-            )
-            await self.files.activate(file_id, size, sealed)
-        except BaseException:
-            await _shielded(self._abandon(file_id))
-            raise
+        key = FileKey(file_id, kek_id, wrapped)
+        stream = _Stream(
+            Encryptor(dek, Header(kek_id, file_id)), body, self.settings.max_file_size
+        )
+        whole = await stream.first_batch(self.settings.batch_size)
+        if whole:
+            size, digest = await self._store_whole(record, key, dek, options, stream)
+        else:
+            await self.files.create_upload(record, key)
+            try:
+                size, digest = await self._write_blob(file_id, stream)
+                sealed = self._seal(dek, file_id, options, digest)
+                await self.files.activate(file_id, size, sealed)
+            except BaseException:
+                await _shielded(self._abandon(file_id))
+                raise
         return FileInfo(
             id=file_id,
             size=size,
@@ -199,65 +257,92 @@ class Uploads:
             downloads=0,
         )
 
-    async def _write_blob(
-        self, file_id: bytes, dek: bytes, kek_id: int, body: AsyncIterator[bytes]
+    def _seal(self, dek: bytes, file_id: bytes, options: UploadOptions, digest: bytes) -> bytes:
+        """Check the client's checksum (422), then seal what the row keeps
+        of the file under its DEK."""
+        if options.expected_sha256 is not None and not hmac.compare_digest(
+            digest, options.expected_sha256
+        ):
+            raise ChecksumMismatch("the body's SHA-256 does not match the checksum sent with it")
+        return seal_fields(
+            dek,
+            file_id,
+            {
+                "filename": options.filename,
+                "content_type": options.content_type,
+                "sha256": digest.hex(),
+            },
+        )
+
+    async def _store_whole(
+        self,
+        record: FileRecord,
+        key: FileKey,
+        dek: bytes,
+        options: UploadOptions,
+        stream: _Stream,
     ) -> tuple[int, bytes]:
+        """The short path: blob first, then one insert. A bad checksum is
+        refused before anything is written."""
+        blob, size, digest = stream.seal_whole()
+        sealed = self._seal(dek, record.id, options, digest)
+        name = ids.blob_name(record.id)
+        stored_at = self.clock.now()
+        await self.blobs.put(name, blob)
+        try:
+            # The orphan sweep takes blobs no row claims once they are older
+            # than the upload grace: a row this late could lose its blob.
+            if self.clock.now() - stored_at > self.settings.upload_grace / 2:
+                raise Unavailable("the database took too long to record the upload")
+            active = replace(record, state=FileState.ACTIVE, size=size, sealed=sealed)
+            await self.files.create_active(active, key)
+        except BaseException:
+            await _shielded(self._remove_blob(name))
+            raise
+        return size, digest
+
+    async def _write_blob(self, file_id: bytes, stream: _Stream) -> tuple[int, bytes]:
         """Receive, hash + encrypt, and write as three overlapping stages:
         the loop receives batch N+1 while a worker thread hashes and encrypts
-        batch N and the store writes batch N-1."""
-        limit = self.settings.max_file_size
+        batch N and the store writes batch N-1. The first batch is already
+        in ``stream``."""
         batch = self.settings.batch_size
-        encryptor = Encryptor(dek, Header(kek_id, file_id))
-        digest = hashlib.sha256()
         loop = asyncio.get_running_loop()
-        seal = _BatchSealer(encryptor, digest).seal
-
-        size = 0
-        pending: list[bytes] = []
-        pending_size = 0
+        seal = stream.seal
         sealing: asyncio.Future[bytearray] | None = None
-        # The header goes out with the first batch: one write fewer. The blob
-        # is only created once a first batch fills; a file that ends before
-        # that (most small files) is stored by one put, one trip to storage.
-        prefix: bytes | None = encryptor.prefix()
-        name = ids.blob_name(file_id)
-        writer: BlobWriter | None = None
+        writer = await self.blobs.create(ids.blob_name(file_id))
         try:
-            async for piece in body:
-                size += len(piece)
-                if size > limit:
-                    raise TooLarge(limit)
-                pending.append(piece)
-                pending_size += len(piece)
-                if pending_size >= batch:
-                    if writer is None:
-                        writer = await self.blobs.create(name)
+            # The header goes out before the first batch's ciphertext.
+            await writer.write(stream.encryptor.prefix())
+            while True:
+                if stream.pending_size >= batch:
                     if sealing is not None:
                         await writer.write(await sealing)
-                    elif prefix is not None:
-                        await writer.write(prefix)
-                        prefix = None
-                    sealing = loop.run_in_executor(None, seal, pending)
-                    pending, pending_size = [], 0
-            if writer is not None and sealing is not None:
+                    sealing = loop.run_in_executor(None, seal, stream.take())
+                if not await stream.receive():
+                    break
+            if sealing is not None:
                 # The last batch is sealed only after this one: one stream.
                 await writer.write(await sealing)
                 sealing = None
-            tail = (prefix or b"") + bytes(seal(pending)) + encryptor.finalize()
-            if writer is None:
-                await self.blobs.put(name, tail)
-            else:
-                await writer.write(tail)
-                await writer.commit()
+            await writer.write(bytes(seal(stream.take())) + stream.encryptor.finalize())
+            await writer.commit()
         except BaseException:
             if sealing is not None:
                 # Let the worker finish with the buffers before they go.
                 with contextlib.suppress(BaseException):
                     await asyncio.shield(sealing)
-            if writer is not None:
-                await _shielded(writer.abort())
+            await _shielded(writer.abort())
             raise
-        return size, digest.digest()
+        return stream.size, stream.digest.digest()
+
+    async def _remove_blob(self, name: str) -> None:
+        """Take back a blob whose row was never written; the orphan sweep
+        removes it if this fails (nothing can decrypt it meanwhile)."""
+        try:
+            await self.blobs.delete(name)
+        except FilestoreError:
+            log.warning("could not remove blob %s of a failed upload; the sweep will", name)
 
     async def _abandon(self, file_id: bytes) -> None:
         """Forget a failed upload; leave it to the sweep if that fails too."""

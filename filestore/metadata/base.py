@@ -186,6 +186,16 @@ class FileStore(Protocol):
         """``uploading → active`` with the final size and sealed fields.
         Raises NotFound if the row is not ``uploading`` any more."""
 
+    async def create_active(self, record: FileRecord, key: FileKey) -> None:
+        """Insert a complete file, ``active`` (``record.size`` and ``sealed``
+        set), and its key row in one transaction: :meth:`create_upload` and
+        :meth:`activate` in one, for a blob already stored whole.
+
+        Its blob exists before its key row does, which is safe only because
+        the DEK was never stored anywhere before this commit: if the process
+        dies first, the blob is ciphertext under a key nobody has, and the
+        orphan sweep removes it."""
+
     async def discard_upload(self, file_id: bytes) -> None:
         """Remove the key and row of an upload that failed before it became
         active (nothing of it was ever readable). Missing rows are fine."""

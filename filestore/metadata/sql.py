@@ -103,6 +103,17 @@ _INSERT_UPLOAD = files.insert().values(
     expires_at=sa.bindparam("expires_at"),
     max_downloads=sa.bindparam("max_downloads"),
 )
+_INSERT_ACTIVE = files.insert().values(
+    id=sa.bindparam("id"),
+    tenant=sa.bindparam("tenant"),
+    state=str(FileState.ACTIVE),
+    kek_id=sa.bindparam("kek_id"),
+    created_at=sa.bindparam("created_at"),
+    expires_at=sa.bindparam("expires_at"),
+    size=sa.bindparam("size"),
+    sealed=sa.bindparam("sealed"),
+    max_downloads=sa.bindparam("max_downloads"),
+)
 _INSERT_KEY = file_keys.insert().values(
     file_id=sa.bindparam("file_id"),
     kek_id=sa.bindparam("key_kek_id"),
@@ -300,6 +311,30 @@ class SQLFileStore(_Part):
             if done.rowcount != 1:
                 raise NotFound("the upload is no longer pending")
 
+        await self._write(fn)
+
+    async def create_active(self, record: FileRecord, key: FileKey) -> None:
+        def fn(conn: sa.Connection) -> None:
+            conn.execute(
+                _INSERT_ACTIVE,
+                {
+                    "id": record.id,
+                    "tenant": record.tenant,
+                    "kek_id": record.kek_id,
+                    "created_at": record.created_at,
+                    "expires_at": record.expires_at,
+                    "size": record.size,
+                    "sealed": record.sealed,
+                    "max_downloads": record.max_downloads,
+                },
+            )
+            conn.execute(
+                _INSERT_KEY,
+                {"file_id": key.file_id, "key_kek_id": key.kek_id, "wrapped_dek": key.wrapped},
+            )
+
+        if record.state != FileState.ACTIVE or record.size is None or record.sealed is None:
+            raise ValueError("create_active takes an active record with its size and sealed fields")
         await self._write(fn)
 
     async def discard_upload(self, file_id: bytes) -> None:

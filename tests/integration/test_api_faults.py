@@ -211,9 +211,10 @@ def partial_upload(kind: str, key: str, declared: int, sent: int) -> bytes:
 
 
 async def upload_in_progress(gw: Gateway) -> bool:
-    """A row is ``uploading``: the server is reading the body (its blob is
-    only created once a first batch has arrived)."""
-    return "uploading" in (await db_state(gw))["files"].values()
+    """A row is ``uploading`` and its part file exists: the server is
+    streaming the body (both come once a first batch has arrived)."""
+    tmp = gw.settings.storage_dir / "tmp"
+    return "uploading" in (await db_state(gw))["files"].values() and any(tmp.glob("*.part"))
 
 
 # ---------------------------------------------------------- slow clients
@@ -242,7 +243,7 @@ async def test_client_disconnect_mid_upload_leaves_nothing(
     async with running_gateway(tmp_path, database_url=metadata_backend.url) as gw:
         key = await gw.key()
         async with raw_connection(gw) as (_reader, writer):
-            writer.write(partial_upload(kind, key, declared=5_000_000, sent=200_000))
+            writer.write(partial_upload(kind, key, declared=5_000_000, sent=2_000_000))
             await writer.drain()
             # Go away only once the server is busy with the body, or the test
             # could pass before the upload even began.

@@ -76,10 +76,14 @@ def temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 async def gateway(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, temp_dir: Path
 ) -> AsyncIterator[Gateway]:
-    """The module's gateway on one backend: a small size limit, and a short
-    read timeout for the bodies that stop."""
+    """The module's gateway on one backend: a small size limit, a short read
+    timeout for the bodies that stop, and batches of 16 KiB, so that a body
+    cut after its first 16 KiB was being streamed (a row and a part file)
+    rather than held for the short path of a file that fits one batch."""
     root = tmp_path_factory.mktemp("hostile-input")
-    async with module_gateway(request, root, max_file_size=LIMIT, read_timeout=0.5) as gw:
+    async with module_gateway(
+        request, root, max_file_size=LIMIT, read_timeout=0.5, batch_size=16384
+    ) as gw:
         yield gw
 
 
