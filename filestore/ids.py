@@ -10,8 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import secrets
 
+from filestore.crypto.entropy import random_bytes
 from filestore.errors import NotFound
 
 ID_BYTES = 16
@@ -20,7 +20,7 @@ _TEXT_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")
 
 def new_file_id() -> bytes:
     """A fresh random file id."""
-    return secrets.token_bytes(ID_BYTES)
+    return random_bytes(ID_BYTES)
 
 
 def to_text(file_id: bytes) -> str:

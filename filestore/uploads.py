@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import hmac
 import logging
-import secrets
 from collections.abc import AsyncIterator, Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -35,6 +34,7 @@ from filestore import ids
 from filestore.clock import Clock
 from filestore.config import Settings
 from filestore.crypto import Encryptor, Header, seal_fields
+from filestore.crypto.entropy import random_bytes
 from filestore.crypto.schedule import KekSource
 from filestore.crypto.wrapping import DekBinding
 from filestore.errors import BadRequest, ChecksumMismatch, FilestoreError, TooLarge, Unavailable
@@ -218,7 +218,7 @@ class Uploads:
             raise BadRequest("max_downloads must be at least 1")
         now = self.clock.now()
         file_id = ids.new_file_id()
-        dek = secrets.token_bytes(32)
+        dek = random_bytes(32)
         kek_id, wrapped = self.keyring.wrap(dek, DekBinding(file_id, tenant))
         record = FileRecord(
             id=file_id,
@@ -230,9 +230,7 @@ class Uploads:
             max_downloads=options.max_downloads,
         )
         key = FileKey(file_id, kek_id, wrapped)
-        stream = _Stream(
-            Encryptor(dek, Header(kek_id, file_id)), body, self.settings.max_file_size
-        )
+        stream = _Stream(Encryptor(dek, Header(kek_id, file_id)), body, self.settings.max_file_size)
         whole = await stream.first_batch(self.settings.batch_size)
         if whole:
             size, digest = await self._store_whole(record, key, dek, options, stream)

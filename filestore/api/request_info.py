@@ -13,9 +13,10 @@
 from __future__ import annotations
 
 import re
-import secrets
 
 from aiohttp import web
+
+from filestore.crypto.entropy import random_hex
 
 REQUEST_ID = web.RequestKey("filestore.request_id", str)
 TENANT = web.RequestKey("filestore.tenant", str)
@@ -39,7 +40,7 @@ def assign_request_id(request: web.Request) -> str:
     """The request's id (the caller's, if sane, else a new one), kept in
     its storage."""
     request_id = sane_request_id(request.headers.getall("X-Request-Id", []))
-    request_id = request_id or secrets.token_hex(8)
+    request_id = request_id or random_hex(8)
     request[REQUEST_ID] = request_id
     return request_id
 

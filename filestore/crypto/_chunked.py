@@ -22,7 +22,6 @@ no plaintext of a failed call is ever returned.
 from __future__ import annotations
 
 import hmac
-import os
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
+from filestore.crypto.entropy import random_bytes
 from filestore.errors import IntegrityError
 
 #: What the functions here accept as input bytes (``collections.abc.Buffer``
@@ -155,7 +155,7 @@ def encrypt_message(
     salt: bytes | None = None,
 ) -> bytes:
     """Encrypt a whole message in one call (tests and small data)."""
-    salt = os.urandom(SALT_SIZE) if salt is None else salt
+    salt = random_bytes(SALT_SIZE) if salt is None else salt
     cipher, commitment = derive(aead_name, input_key, salt, context)
     return salt + commitment + cipher.seal(0, plaintext, final=True)
 

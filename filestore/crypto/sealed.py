@@ -17,7 +17,6 @@ ciphertext length shows only roughly how long a file name is.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
+from filestore.crypto.entropy import random_bytes
 from filestore.errors import IntegrityError
 
 __all__ = ["FieldValue", "open_fields", "seal_fields"]
@@ -66,7 +66,7 @@ def seal_fields(dek: bytes, file_id: bytes, fields: dict[str, FieldValue]) -> by
     text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     plain = text.encode("utf-8")
     plain += b" " * (-len(plain) % PAD_TO)
-    nonce = os.urandom(NONCE_SIZE)
+    nonce = random_bytes(NONCE_SIZE)
     return bytes([VERSION]) + nonce + _aead(dek).encrypt(nonce, plain, _aad(file_id))
 
 

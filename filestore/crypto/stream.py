@@ -22,7 +22,6 @@ a scratch buffer and copying out of it.
 from __future__ import annotations
 
 import hmac
-import os
 
 from filestore.crypto._chunked import (
     CHUNK_SIZE,
@@ -33,6 +32,7 @@ from filestore.crypto._chunked import (
     derive,
     open_message_header,
 )
+from filestore.crypto.entropy import random_bytes
 from filestore.crypto.format import (
     AEAD_NAME,
     DEK_SIZE,
@@ -60,7 +60,7 @@ class Encryptor:
         if len(dek) != DEK_SIZE:
             raise ValueError("the DEK must be 32 bytes")
         if salt is None:
-            salt = os.urandom(SALT_SIZE)
+            salt = random_bytes(SALT_SIZE)
         elif len(salt) != SALT_SIZE:
             raise ValueError("the salt must be 24 bytes")
         context = header.encode()

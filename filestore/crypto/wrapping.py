@@ -22,13 +22,13 @@ version 1 fails the tag.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from filestore.crypto.entropy import random_bytes
 from filestore.errors import IntegrityError
 
 __all__ = ["DEK_SIZE", "WRAPPED_SIZE", "DekBinding", "is_legacy", "open_dek", "rewrap", "seal_dek"]
@@ -78,7 +78,7 @@ def seal_dek(aead: AESGCM, kek_id: int, binding: DekBinding, dek: bytes) -> byte
     """``dek`` wrapped under the KEK of ``aead`` in the version-2 layout."""
     if len(dek) != DEK_SIZE:
         raise ValueError("a DEK is 32 bytes")
-    nonce = os.urandom(NONCE_SIZE)
+    nonce = random_bytes(NONCE_SIZE)
     sealed = aead.encrypt(nonce, dek, binding.aad(kek_id))
     return bytes([VERSION]) + nonce + sealed
 
