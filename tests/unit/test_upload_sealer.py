@@ -1,6 +1,6 @@
-"""The upload's CPU stage: batches hashed (inline or on a second thread) and
-encrypted into reused buffers must give the digest and blob of a one-shot
-encryption, whatever the batch sizes."""
+"""The upload's CPU stage: batches hashed (inline or on a worker thread) and
+encrypted on the loop into reused buffers must give the digest and blob of a
+one-shot encryption, whatever the batch sizes."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ HEADER = Header(3, bytes(range(16)))
         [PARALLEL_HASH_MIN + 9, 100, 2 * PARALLEL_HASH_MIN, 7],  # both, buffers shrink/grow
     ],
 )
-def test_batches_make_the_one_shot_blob_and_digest(batch_sizes: list[int]) -> None:
+async def test_batches_make_the_one_shot_blob_and_digest(batch_sizes: list[int]) -> None:
     rng = random.Random(sum(batch_sizes))
     batches = [rng.randbytes(size) for size in batch_sizes]
     plaintext = b"".join(batches)
@@ -35,20 +35,32 @@ def test_batches_make_the_one_shot_blob_and_digest(batch_sizes: list[int]) -> No
     for batch in batches:
         # Each batch arrives as several pieces, as the request body does.
         cut = len(batch) // 3
-        out.append(bytes(sealer.seal([batch[:cut], batch[cut:]])))
+        out.append(bytes(await sealer.seal([batch[:cut], batch[cut:]])))
     out.append(encryptor.finalize())
     blob = b"".join(out)
-    assert digest.digest() == hashlib.sha256(plaintext).digest()
+    assert await sealer.digest() == hashlib.sha256(plaintext).digest()
     assert blob == encrypt(DEK, HEADER, plaintext, salt=blob[HEADER_SIZE:56])
     assert decrypt(DEK, HEADER, blob) == plaintext
 
 
-def test_a_result_stays_valid_until_the_call_after_next() -> None:
+async def test_a_result_stays_valid_until_the_call_after_next() -> None:
     """The blob writer may still hold the previous batch's ciphertext while
     the next one is sealed: consecutive results are distinct buffers."""
     sealer = _BatchSealer(Encryptor(DEK, HEADER), hashlib.sha256())
-    first = sealer.seal([bytes(PARALLEL_HASH_MIN)])
+    first = await sealer.seal([bytes(PARALLEL_HASH_MIN)])
     kept = bytes(first)
-    second = sealer.seal([b"\x01" * PARALLEL_HASH_MIN])
+    second = await sealer.seal([b"\x01" * PARALLEL_HASH_MIN])
     assert second is not first
     assert bytes(first) == kept
+
+
+async def test_cleanup_waits_for_the_hash_in_flight() -> None:
+    """A failed upload's cleanup settles the worker still reading the
+    plaintext buffer before the buffers go; the sealer is then idle."""
+    digest = hashlib.sha256()
+    sealer = _BatchSealer(Encryptor(DEK, HEADER), digest)
+    data = random.Random(5).randbytes(4 * PARALLEL_HASH_MIN)
+    await sealer.seal([data])
+    await sealer.settle()
+    assert digest.digest() == hashlib.sha256(data).digest()  # the hash had finished
+    await sealer.settle()  # nothing left in flight: a no-op
