@@ -97,8 +97,13 @@ class Database(Protocol):
 
     dialect: str
 
-    async def run(self, fn: Callable[[sa.Connection], T], *, write: bool = True) -> T:
-        """Run ``fn`` in one transaction; commit if it returns."""
+    async def run(
+        self, fn: Callable[[sa.Connection], T], *, write: bool = True, single: bool = False
+    ) -> T:
+        """Run ``fn`` in one transaction; commit if it returns. ``single``:
+        ``fn`` makes one statement, atomic on its own, so PostgreSQL runs it
+        in autocommit (one round trip instead of BEGIN, statement, COMMIT);
+        SQLite runs it as any write, in its commit group."""
         ...
 
     def lock_audit(self, conn: sa.Connection) -> None:
@@ -193,7 +198,9 @@ class SQLiteDatabase(Database):
         except _FAILURES as exc:
             raise _unavailable(exc) from exc
 
-    async def run(self, fn: Callable[[sa.Connection], T], *, write: bool = True) -> T:
+    async def run(
+        self, fn: Callable[[sa.Connection], T], *, write: bool = True, single: bool = False
+    ) -> T:
         if write:
             return await self._run_write(fn)
 
@@ -445,11 +452,13 @@ class PostgresDatabase(Database):
             raise
         return db
 
-    async def run(self, fn: Callable[[sa.Connection], T], *, write: bool = True) -> T:
+    async def run(
+        self, fn: Callable[[sa.Connection], T], *, write: bool = True, single: bool = False
+    ) -> T:
         if self._closed:  # a disposed engine would quietly open a new pool
             raise MetadataUnavailable("the metadata store is closed")
         try:
-            if not write:
+            if not write or single:
                 async with self._reader.connect() as conn:
                     return await conn.run_sync(fn)
             async with self.engine.begin() as conn:

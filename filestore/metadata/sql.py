@@ -124,6 +124,17 @@ _ACTIVATE = (
     .where(files.c.id == sa.bindparam("file_id"), rules.state_is(FileState.UPLOADING))
     .values(state=str(FileState.ACTIVE), size=sa.bindparam("size"), sealed=sa.bindparam("sealed"))
 )
+_NEW_FILE = _INSERT_ACTIVE.returning(files.c.id).cte("new_file")
+#: PostgreSQL: the active row and its key row in one statement (a
+#: data-modifying WITH), so no transaction is needed around them.
+_INSERT_ACTIVE_WITH_KEY = file_keys.insert().from_select(
+    ["file_id", "kek_id", "wrapped_dek"],
+    sa.select(
+        _NEW_FILE.c.id,
+        sa.bindparam("key_kek_id", type_=sa.BigInteger),
+        sa.bindparam("wrapped_dek", type_=sa.LargeBinary),
+    ),
+)
 _LOAD = (
     sa.select(*_FILE_COLUMNS, file_keys.c.kek_id, file_keys.c.wrapped_dek)
     .select_from(files.outerjoin(file_keys, file_keys.c.file_id == files.c.id))
@@ -314,27 +325,30 @@ class SQLFileStore(_Part):
         await self._write(fn)
 
     async def create_active(self, record: FileRecord, key: FileKey) -> None:
-        def fn(conn: sa.Connection) -> None:
-            conn.execute(
-                _INSERT_ACTIVE,
-                {
-                    "id": record.id,
-                    "tenant": record.tenant,
-                    "kek_id": record.kek_id,
-                    "created_at": record.created_at,
-                    "expires_at": record.expires_at,
-                    "size": record.size,
-                    "sealed": record.sealed,
-                    "max_downloads": record.max_downloads,
-                },
-            )
-            conn.execute(
-                _INSERT_KEY,
-                {"file_id": key.file_id, "key_kek_id": key.kek_id, "wrapped_dek": key.wrapped},
-            )
-
         if record.state != FileState.ACTIVE or record.size is None or record.sealed is None:
             raise ValueError("create_active takes an active record with its size and sealed fields")
+        row = {
+            "id": record.id,
+            "tenant": record.tenant,
+            "kek_id": record.kek_id,
+            "created_at": record.created_at,
+            "expires_at": record.expires_at,
+            "size": record.size,
+            "sealed": record.sealed,
+            "max_downloads": record.max_downloads,
+            "key_kek_id": key.kek_id,
+            "wrapped_dek": key.wrapped,
+        }
+        if self._db.dialect == "postgresql":
+            # Both rows in one statement, atomic on its own: one round trip
+            # in autocommit where a transaction would take four.
+            await self._db.run(lambda conn: conn.execute(_INSERT_ACTIVE_WITH_KEY, row), single=True)
+            return
+
+        def fn(conn: sa.Connection) -> None:
+            conn.execute(_INSERT_ACTIVE, row)
+            conn.execute(_INSERT_KEY, {"file_id": key.file_id, **row})
+
         await self._write(fn)
 
     async def discard_upload(self, file_id: bytes) -> None:

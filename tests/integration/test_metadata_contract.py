@@ -16,7 +16,7 @@ import pytest
 from filestore import ids
 from filestore.audit import entries
 from filestore.audit.entries import AuditEntry
-from filestore.errors import ConfigError, NotFound
+from filestore.errors import ConfigError, MetadataUnavailable, NotFound
 from filestore.metadata.base import (
     ApiKeyRecord,
     CosignatureRow,
@@ -125,6 +125,33 @@ async def test_upload_lifecycle(store: MetadataStore) -> None:
     assert key is not None
     with pytest.raises(NotFound):
         await store.files.activate(rec.id, 42, b"again")
+
+
+async def test_create_active_inserts_a_complete_file_and_its_key(store: MetadataStore) -> None:
+    rec = dataclasses.replace(
+        _record(max_downloads=3), state=FileState.ACTIVE, size=4096, sealed=b"s" * 40
+    )
+    key = FileKey(rec.id, 1, b"k" * 60)
+    await store.files.create_active(rec, key)
+    loaded = await store.files.load(rec.id)
+    assert loaded is not None
+    row, stored_key = loaded
+    assert (row.state, row.size, row.sealed, row.max_downloads, row.downloads) == (
+        FileState.ACTIVE,
+        4096,
+        b"s" * 40,
+        3,
+        0,
+    )
+    assert stored_key == key
+    assert await store.files.count_download(rec.id, NOW) == 1  # readable, counted
+    # The same id again is refused whole: neither row is written twice.
+    with pytest.raises(MetadataUnavailable):
+        await store.files.create_active(rec, FileKey(rec.id, 1, b"x" * 60))
+    again = await store.files.load(rec.id)
+    assert again is not None and again[1] == key
+    with pytest.raises(ValueError):  # only a complete, active record
+        await store.files.create_active(_record(), FileKey(rec.id, 1, b"w"))
 
 
 async def test_missing_file(store: MetadataStore) -> None:
