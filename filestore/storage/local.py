@@ -42,6 +42,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from filestore.crypto.entropy import random_hex
 from filestore.errors import NotFound, StorageFull, StorageUnavailable, out_of_space
 from filestore.storage._jobs import after
 from filestore.storage.base import BlobWriter, StoredBlob
@@ -336,7 +337,7 @@ class LocalBlobStore:
     async def create(self, name: str) -> BlobWriter:
         """Start a blob; nothing is visible under ``name`` until commit."""
         _check_name(name)
-        part = self._tmp / f"{name}.{secrets.token_hex(8)}.part"
+        part = self._tmp / f"{name}.{random_hex(8)}.part"
         opening = self._submit(functools.partial(os.open, part, _NEW_FILE, _FILE_MODE))
         try:
             fd = await _settle("create a blob", opening)
@@ -351,7 +352,7 @@ class LocalBlobStore:
         """Open, write, fsync, rename and fsync the shard in one thread job:
         for a small file, four trips of :meth:`create`/write/commit in one."""
         _check_name(name)
-        part = self._tmp / f"{name}.{secrets.token_hex(8)}.part"
+        part = self._tmp / f"{name}.{random_hex(8)}.part"
         final = self._path(name)
         job = self._submit(functools.partial(self._put, part, final, data))
         try:
