@@ -78,6 +78,8 @@ _NAME = re.compile(r"[0-9a-f]{32}")
 _SAFE_CODE = re.compile(r"[A-Za-z0-9.]{1,64}")
 _MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
 _GONE = frozenset({"404", "NoSuchKey", "NoSuchUpload", "NoSuchVersion"})
+#: Calls whose payload is a blob's bytes (see _connect).
+_BODY_OPERATIONS = frozenset({"put_object", "upload_part"})
 
 
 def _check_name(name: str) -> None:
@@ -156,6 +158,7 @@ class S3BlobStore:
         self.lifecycle_ok = False
         self.lifecycle_warnings: tuple[str, ...] = ()
         self._client: Any = None
+        self._data_client: Any = None
         self._max_workers = max_workers
         self._pool = Pool(max_workers, _translate)
         self._writers: weakref.WeakSet[S3Writer] = weakref.WeakSet()
@@ -190,23 +193,37 @@ class S3BlobStore:
 
     # ------------------------------------------------- run in worker threads
     def _connect(self, settings: Settings) -> None:
-        config = Config(
-            connect_timeout=CONNECT_TIMEOUT,
-            read_timeout=READ_TIMEOUT,
-            retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
-            s3={"addressing_style": settings.s3_addressing_style},
-            # A download's open body holds its connection between reads,
-            # outside the worker threads: size the pool for the streams in
-            # flight, not the threads, or every stream past the threads'
-            # number tears its connection down and the next opens a new one.
-            max_pool_connections=POOL_PER_WORKER * self._max_workers,
-        )
+        def config(**s3: Any) -> Config:
+            return Config(
+                connect_timeout=CONNECT_TIMEOUT,
+                read_timeout=READ_TIMEOUT,
+                retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+                s3={"addressing_style": settings.s3_addressing_style, **s3},
+                # A download's open body holds its connection between reads,
+                # outside the worker threads: size the pool for the streams in
+                # flight, not the threads, or every stream past the threads'
+                # number tears its connection down and the next opens a new one.
+                max_pool_connections=POOL_PER_WORKER * self._max_workers,
+            )
+
+        session = boto3.session.Session()
+        where = {
+            "endpoint_url": settings.s3_endpoint_url or None,
+            "region_name": settings.s3_region or None,
+        }
         try:
-            self._client = boto3.session.Session().client(
-                "s3",
-                endpoint_url=settings.s3_endpoint_url or None,
-                region_name=settings.s3_region or None,
-                config=config,
+            self._client = session.client("s3", config=config(), **where)
+            # Blob bodies only (PutObject, UploadPart): over plain HTTP the
+            # SDK would otherwise SHA-256 every byte into the signature (and
+            # S3 would hash it again to check), the largest CPU cost of an
+            # upload after the copy. The body keeps its CRC32 checksum
+            # (a signed header), so S3 still refuses bytes damaged on the
+            # way, and a tampered blob fails its AES-GCM tags on read. Over
+            # HTTPS nothing changes: the SDK already sends bodies unsigned
+            # with a CRC32 trailer. Control requests (deletions, completion)
+            # keep signed payloads on the other client.
+            self._data_client = session.client(
+                "s3", config=config(payload_signing_enabled=False), **where
             )
         except ValueError as exc:
             raise ConfigError(
@@ -250,8 +267,10 @@ class S3BlobStore:
         self._call("delete_object", Key=key, **({"VersionId": version} if version else {}))
 
     def _call(self, operation: str, **params: Any) -> dict[str, Any]:
-        """S3 ``operation`` on the bucket (for the writer's calls)."""
-        reply: dict[str, Any] = getattr(self._client, operation)(Bucket=self.bucket, **params)
+        """S3 ``operation`` on the bucket (for the writer's calls); a blob's
+        bytes go through the client that leaves them out of the signature."""
+        client = self._data_client if operation in _BODY_OPERATIONS else self._client
+        reply: dict[str, Any] = getattr(client, operation)(Bucket=self.bucket, **params)
         return reply
 
     def _head(self, key: str) -> dict[str, Any] | None:
@@ -555,4 +574,4 @@ class S3BlobStore:
         for task in [task for writer in list(self._writers) for task in writer._pending()]:
             with contextlib.suppress(BaseException):
                 await asyncio.shield(task)
-        await self._pool.close(self._client)
+        await self._pool.close(self._client, self._data_client)
