@@ -134,10 +134,8 @@ class _BatchSealer:
     async def settle(self) -> None:
         """Wait for a hash in flight, failing or cancelled (cleanup: the
         buffers must outlive the worker's reading)."""
-        hashing, self._hash = self._hash, None
-        if hashing is not None:
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(hashing)
+        with contextlib.suppress(BaseException):
+            await self._wait()
 
 
 class _Stream:

@@ -94,25 +94,17 @@ IN_CHUNK = 500
 # every call, which on SQLite's single database thread cost more than the
 # statement itself; a prebuilt one with bound parameters is compiled once
 # and its cache key is memoised.
-_INSERT_UPLOAD = files.insert().values(
-    id=sa.bindparam("id"),
-    tenant=sa.bindparam("tenant"),
-    state=str(FileState.UPLOADING),
-    kek_id=sa.bindparam("kek_id"),
-    created_at=sa.bindparam("created_at"),
-    expires_at=sa.bindparam("expires_at"),
-    max_downloads=sa.bindparam("max_downloads"),
-)
+#: The columns every new row binds, whichever state it starts in.
+_NEW_ROW: dict[str, sa.BindParameter[Any]] = {
+    name: sa.bindparam(name)
+    for name in ("id", "tenant", "kek_id", "created_at", "expires_at", "max_downloads")
+}
+_INSERT_UPLOAD = files.insert().values(**_NEW_ROW, state=str(FileState.UPLOADING))
 _INSERT_ACTIVE = files.insert().values(
-    id=sa.bindparam("id"),
-    tenant=sa.bindparam("tenant"),
+    **_NEW_ROW,
     state=str(FileState.ACTIVE),
-    kek_id=sa.bindparam("kek_id"),
-    created_at=sa.bindparam("created_at"),
-    expires_at=sa.bindparam("expires_at"),
     size=sa.bindparam("size"),
     sealed=sa.bindparam("sealed"),
-    max_downloads=sa.bindparam("max_downloads"),
 )
 _INSERT_KEY = file_keys.insert().values(
     file_id=sa.bindparam("file_id"),

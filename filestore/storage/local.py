@@ -212,6 +212,10 @@ class LocalBlobStore:
     def _path(self, name: str) -> Path:
         return self._blobs / name[0:2] / name[2:4] / name
 
+    def _part_path(self, name: str) -> Path:
+        """A fresh temporary name for a blob being written."""
+        return self._tmp / f"{name}.{random_hex(8)}.part"
+
     def _prepare(self) -> None:
         for path in (self._root, self._blobs, self._tmp):
             with contextlib.suppress(FileExistsError):
@@ -337,7 +341,7 @@ class LocalBlobStore:
     async def create(self, name: str) -> BlobWriter:
         """Start a blob; nothing is visible under ``name`` until commit."""
         _check_name(name)
-        part = self._tmp / f"{name}.{random_hex(8)}.part"
+        part = self._part_path(name)
         opening = self._submit(functools.partial(os.open, part, _NEW_FILE, _FILE_MODE))
         try:
             fd = await _settle("create a blob", opening)
@@ -352,7 +356,7 @@ class LocalBlobStore:
         """Open, write, fsync, rename and fsync the shard in one thread job:
         for a small file, four trips of :meth:`create`/write/commit in one."""
         _check_name(name)
-        part = self._tmp / f"{name}.{random_hex(8)}.part"
+        part = self._part_path(name)
         final = self._path(name)
         job = self._submit(functools.partial(self._put, part, final, data))
         try:
