@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -128,6 +129,19 @@ class _Worker:
     ready_fd: int
 
 
+def _freeze_startup_heap() -> None:
+    """Take what start-up made (modules, the app, clients: ~150,000 objects)
+    out of the cyclic collector's sight.
+
+    They live as long as the process, yet every full collection walks them:
+    measured here at 140-160 ms each, a pause that stalls every request in
+    flight and sets the tail latency of small uploads. Collect once first so
+    no garbage is kept for good.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def _serve(
     settings: Settings, run_scheduler: bool = True, worker: _Worker | None = None
 ) -> None:
@@ -162,6 +176,7 @@ async def _serve(
             reuse_port=worker is not None,
         )
         await site.start()
+        _freeze_startup_heap()
         port = site.port
         if run_scheduler:
             scheduler.start()
