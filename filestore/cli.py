@@ -142,6 +142,28 @@ def _freeze_startup_heap() -> None:
     gc.freeze()
 
 
+#: How long a thread may keep the GIL while another waits for it (Python's
+#: default: 5 ms). The loop shares the GIL with the storage, database and
+#: hashing threads, and a thread coming back from a system call (an fsync, a
+#: socket send) waits out the holder's turn before it may go on.
+SWITCH_INTERVAL = 0.0005
+
+
+def _shorten_gil_turns() -> None:
+    """Let a thread that finished a system call have the GIL back sooner.
+
+    Each small upload is a chain of short steps on three threads (receive
+    and seal on the loop, store on a storage thread, record on the database
+    thread), and at 5 ms turns the hand-overs between them, not the work,
+    set its latency. Measured with alternated runs of ``python -m bench
+    --only filestore-sqlite,filestore-pg,aiohttp-durable --workloads 4KiB``:
+    with 0.5 ms turns the 4 KiB upload ratios rose by 16-31 % (SQLite) and
+    18-24 % (PostgreSQL) and server CPU per upload fell by 1-18 %; 1 MiB and
+    64 MiB transfers did not move.
+    """
+    sys.setswitchinterval(SWITCH_INTERVAL)
+
+
 async def _serve(
     settings: Settings, run_scheduler: bool = True, worker: _Worker | None = None
 ) -> None:
@@ -166,6 +188,10 @@ async def _serve(
             keepalive_timeout=settings.keepalive_timeout,
         )
         await runner.setup()
+        # Before listening: the one-time collection (~150 ms) then delays no
+        # connection.
+        _freeze_startup_heap()
+        _shorten_gil_turns()
         # A TCP site whose connections must finish each request head within
         # HEADER_TIMEOUT (filestore.api.connections).
         site = GuardedSite(
@@ -176,7 +202,6 @@ async def _serve(
             reuse_port=worker is not None,
         )
         await site.start()
-        _freeze_startup_heap()
         port = site.port
         if run_scheduler:
             scheduler.start()
