@@ -155,10 +155,11 @@ def _shorten_gil_turns() -> None:
     Each small upload is a chain of short steps on three threads (receive
     and seal on the loop, store on a storage thread, record on the database
     thread), and at 5 ms turns the hand-overs between them, not the work,
-    set its latency. Measured with alternated runs of ``python -m bench
+    set its latency. Measured in four alternated pairs of ``python -m bench
     --only filestore-sqlite,filestore-pg,aiohttp-durable --workloads 4KiB``:
-    with 0.5 ms turns the 4 KiB upload ratios rose by 16-31 % (SQLite) and
-    18-24 % (PostgreSQL) and server CPU per upload fell by 1-18 %; 1 MiB and
+    server CPU per SQLite upload fell by 5-18 % in every pair, and SQLite
+    req/s rose in every pair; the ratios against the baseline rose in two
+    pairs and were lost in the baseline's swings in the other two. 1 MiB and
     64 MiB transfers did not move.
     """
     sys.setswitchinterval(SWITCH_INTERVAL)
