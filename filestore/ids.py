@@ -3,6 +3,12 @@
 An id is 16 random bytes (128 bits), shown to clients as 22 characters of
 unpadded base64url. Storage names are the lowercase hex of the same bytes, so
 nothing a client sends ever becomes part of a path or an object key.
+
+No new id begins with ``-``. Shells, ``xargs`` and every argument parser
+(ours included) read a word that starts with a dash as an option, so one id
+in 64 would otherwise need ``--`` in front of it on a command line. Drawing
+again when the first six bits spell ``-`` costs 0.02 bits of the 128 and
+keeps the rest uniform. Ids issued before this rule still parse.
 """
 
 from __future__ import annotations
@@ -15,12 +21,17 @@ from filestore.crypto.entropy import random_bytes
 from filestore.errors import NotFound
 
 ID_BYTES = 16
+# The base64url alphabet's index of "-": the value of a leading dash's six bits.
+_DASH = 62
 _TEXT_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")
 
 
 def new_file_id() -> bytes:
-    """A fresh random file id."""
-    return random_bytes(ID_BYTES)
+    """A fresh random file id whose text does not start with ``-``."""
+    while True:
+        raw = random_bytes(ID_BYTES)
+        if raw[0] >> 2 != _DASH:
+            return raw
 
 
 def to_text(file_id: bytes) -> str:

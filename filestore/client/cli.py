@@ -158,6 +158,11 @@ def _transfer() -> argparse.ArgumentParser:
     return transfer
 
 
+# Servers no longer issue ids that begin with "-", but older ones did, and an
+# argument parser reads such a word as an option.
+_ID_HELP = "a file id (one that begins with '-' goes after '--')"
+
+
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the client commands to the ``filestore`` command's subparsers."""
     common, transfer = _common(), _transfer()
@@ -184,7 +189,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         description="Download a file, atomically: nothing is left at PATH unless it "
         "arrived whole (and, for a whole file, matched its SHA-256).",
     )
-    down.add_argument("target", metavar="ID|LINK")
+    down.add_argument("target", metavar="ID|LINK", help=_ID_HELP)
     down.add_argument(
         "-o", "--output", metavar="PATH", help="file or directory to write, '-' for stdout"
     )
@@ -194,7 +199,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     info = sub.add_parser(
         "info", parents=[common], help="a file's metadata (client)", description="Show a file."
     )
-    info.add_argument("target", metavar="ID|LINK")
+    info.add_argument("target", metavar="ID|LINK", help=_ID_HELP)
 
     delete = sub.add_parser(
         "delete",
@@ -202,7 +207,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="delete files now (client)",
         description="Delete files now: keys erased, blobs removed, receipts to follow.",
     )
-    delete.add_argument("ids", nargs="+", metavar="ID")
+    delete.add_argument("ids", nargs="+", metavar="ID", help=_ID_HELP)
 
     link = sub.add_parser(
         "link",
@@ -210,7 +215,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="a signed download link (client)",
         description="Print a signed URL that downloads the file without a key.",
     )
-    link.add_argument("id", metavar="ID")
+    link.add_argument("id", metavar="ID", help=_ID_HELP)
     link.add_argument("--ttl", help="how long it is valid (server default otherwise)")
     link.add_argument("-q", "--quiet", action="store_true", help="print only the URL")
 
@@ -220,7 +225,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="a deleted file's deletion receipt (client)",
         description="Fetch the deletion receipt of a deleted file, and verify it.",
     )
-    receipt.add_argument("id", metavar="ID")
+    receipt.add_argument("id", metavar="ID", help=_ID_HELP)
     receipt.add_argument("--verify", action="store_true", help="verify it (needs --public-key)")
     receipt.add_argument(
         "--public-key", metavar="PATH", help="the audit log's public key you pinned (PEM or vkey)"

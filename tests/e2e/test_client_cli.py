@@ -309,6 +309,9 @@ def test_every_error_class_has_its_exit_code(
     # 4: no such file, or gone.
     fails(ExitCode.NOT_FOUND, "link", "A" * 22, status=404)
     fails(ExitCode.NOT_FOUND, "info", "A" * 22)
+    # An id that begins with "-" (older servers issued them) parses after "--".
+    dashed = cli(capsys, "link", "--json", "--", "-" + "A" * 21)
+    assert dashed.code == ExitCode.NOT_FOUND, dashed
     deleted = upload_id(capsys, small)
     assert cli(capsys, "delete", deleted).code == 0
     fails(ExitCode.NOT_FOUND, "download", deleted, "-o", str(tmp_path / "x"), status=410)

@@ -30,3 +30,20 @@ def test_round_trip_and_shape() -> None:
 def test_malformed_ids_are_not_found(text: str) -> None:
     with pytest.raises(NotFound):
         ids.from_text(text)
+
+
+def test_no_new_id_begins_with_a_dash() -> None:
+    # Without the redraw, 4,096 ids hold about 64 that start with "-"; the
+    # chance that none does is (63/64)**4096, below 1e-27.
+    texts = [ids.to_text(ids.new_file_id()) for _ in range(4096)]
+    assert not [text for text in texts if text.startswith("-")]
+    # The other 63 leading characters all still occur (a biased draw would
+    # starve some of them).
+    assert len({text[0] for text in texts}) == 63
+
+
+def test_an_id_that_begins_with_a_dash_still_parses() -> None:
+    raw = bytes([62 << 2]) + bytes(15)  # six bits of 62, base64url's "-"
+    text = ids.to_text(raw)
+    assert text.startswith("-")
+    assert ids.from_text(text) == raw
