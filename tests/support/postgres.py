@@ -73,7 +73,6 @@ FAST_SETTINGS: dict[str, str] = {
     "full_page_writes": "off",
 }
 
-
 T = TypeVar("T")
 
 #: What a connection attempt raises while a server is not (yet) answering.

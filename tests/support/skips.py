@@ -18,11 +18,10 @@ def skip_reasons(terminalreporter: pytest.TerminalReporter, *prefixes: str) -> l
     ``prefixes``, in the order they were first reported."""
     found: dict[str, None] = {}
     for report in terminalreporter.stats.get("skipped", []):
-        longrepr = getattr(report, "longrepr", None)
-        if not (isinstance(longrepr, tuple) and len(longrepr) == 3):
+        if not (isinstance(report.longrepr, tuple) and len(report.longrepr) == 3):
             continue
-        message = str(longrepr[2]).removeprefix("Skipped: ")
-        first = message.splitlines()[0] if message else ""
+        message = str(report.longrepr[2]).removeprefix("Skipped: ")
+        first = message.partition("\n")[0].rstrip(":")
         if first.startswith(prefixes):
             found[first] = None
     return list(found)
