@@ -201,6 +201,13 @@ _READ_ERRORS = (
 
 
 async def _raw_chunks(request: web.Request, idle_timeout: float) -> AsyncIterator[bytes]:
+    """The body as aiohttp received it, one buffered piece at a time.
+
+    ``readchunk``, not ``readany``: once the loop falls behind the socket,
+    ``readany`` joins every piece buffered meanwhile into a new ``bytes``,
+    a copy of most of the body that the upload then copies again into its
+    batch (a tenth of the loop's time in a 1 GiB upload's profile).
+    """
     # With a Content-Encoding, Content-Length counts the encoded bytes and
     # aiohttp checks it itself; the decoded size is another number.
     expected = None if request.headers.get("Content-Encoding") else request.content_length
@@ -208,10 +215,12 @@ async def _raw_chunks(request: web.Request, idle_timeout: float) -> AsyncIterato
     while True:
         try:
             async with asyncio.timeout(idle_timeout):
-                data = await request.content.readany()
+                data, chunk_end = await request.content.readchunk()
         except _READ_ERRORS as exc:
             raise _body_error(exc) from exc
         if not data:
+            if chunk_end:
+                continue  # the end of one HTTP chunk, not of the body
             break
         received += len(data)
         yield data
