@@ -456,3 +456,107 @@ async def test_blocking_calls_run_on_the_store_threads(
     for fn, names in threads.items():
         assert names, f"os.{fn} was never called"
         assert all(name.startswith("filestore-local") for name in names), (fn, names)
+
+
+# ------------------------------------------------- flushing while writing
+def _record_flushes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Spy on ``os.fdatasync``: (thread name, file) of every call, real call after."""
+    calls: list[tuple[str, str]] = []
+    real = os.fdatasync
+
+    def spy(fd: int) -> None:
+        calls.append((threading.current_thread().name, _target(fd)))
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", spy)
+    return calls
+
+
+async def test_a_streamed_blob_is_flushed_while_it_is_written(
+    store: LocalBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local, "FLUSH_EVERY", 64 << 10)
+    calls = _record_flushes(monkeypatch)
+    pieces = [os.urandom(64 << 10) for _ in range(6)]
+    writer = await store.create(NAME)
+    for piece in pieces:
+        await writer.write(piece)
+    [part] = _parts(store)
+    await writer.commit()
+    assert 1 <= len(calls) <= len(pieces)
+    assert all(thread.startswith("filestore-local") for thread, _ in calls)
+    assert {target for _, target in calls} == {str(part)}
+    assert b"".join([piece async for piece in store.read(NAME)]) == b"".join(pieces)
+
+
+async def test_a_blob_smaller_than_the_flush_interval_is_not_flushed_early(
+    store: LocalBlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _record_flushes(monkeypatch)
+    writer = await store.create(NAME)
+    for _ in range(3):
+        await writer.write(b"z" * MiB)
+    await writer.commit()
+    assert 3 * MiB < local.FLUSH_EVERY
+    assert calls == []  # only the commit's fsync, as before
+
+
+@pytest.mark.parametrize("fails", ["before the commit", "during the commit"])
+async def test_a_failed_flush_fails_the_commit_and_leaves_nothing(
+    store: LocalBlobStore, monkeypatch: pytest.MonkeyPatch, fails: str
+) -> None:
+    monkeypatch.setattr(local, "FLUSH_EVERY", 64 << 10)
+    # After an fsync error the kernel may have dropped the dirty pages, so the
+    # commit's own fsync succeeding later must not publish the blob.
+    entered, release = threading.Event(), threading.Event()
+
+    def failing(fd: int) -> None:
+        entered.set()
+        release.wait(30)
+        raise OSError(errno.EIO, "injected")
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    writer = await store.create(NAME)
+    await writer.write(b"a" * (64 << 10))  # starts the doomed flush
+    assert await asyncio.to_thread(entered.wait, 30)
+    if fails == "before the commit":
+        release.set()
+        await asyncio.sleep(0.05)
+    committing = asyncio.create_task(writer.commit())
+    await asyncio.sleep(0.05)
+    release.set()
+    with pytest.raises(StorageUnavailable) as info:
+        await committing
+    cause = info.value.__cause__
+    assert isinstance(cause, OSError) and cause.errno == errno.EIO
+    with pytest.raises(StorageUnavailable):  # the failure sticks
+        await writer.write(b"more")
+    await writer.abort()
+    assert _files(store.root) == []
+    assert _fds_under(store.root) == []
+    assert await store.exists(NAME) is False
+
+
+@pytest.mark.parametrize("end", ["commit", "abort"])
+async def test_commit_and_abort_wait_for_the_flush_in_flight(
+    store: LocalBlobStore, monkeypatch: pytest.MonkeyPatch, end: str
+) -> None:
+    monkeypatch.setattr(local, "FLUSH_EVERY", 64 << 10)
+    entered, release = _gate(monkeypatch, "fdatasync")
+    try:
+        writer = await store.create(NAME)
+        await writer.write(b"b" * (64 << 10))
+        assert await asyncio.to_thread(entered.wait, 30)
+        await writer.write(b"c" * 10)  # writes go on beside the held flush
+        [part] = _parts(store)
+        ending = asyncio.create_task(writer.commit() if end == "commit" else writer.abort())
+        await asyncio.sleep(0.05)
+        assert not ending.done()  # the held flush still owns the descriptor
+        assert str(part) in _fds_under(store.root)
+        assert part.stat().st_size == (64 << 10) + 10
+        release.set()
+        await ending
+    finally:
+        release.set()
+    assert _fds_under(store.root) == []
+    assert await store.exists(NAME) is (end == "commit")
