@@ -219,8 +219,12 @@ async def _raw_chunks(request: web.Request, idle_timeout: float) -> AsyncIterato
         except _READ_ERRORS as exc:
             raise _body_error(exc) from exc
         if not data:
-            if chunk_end:
+            if chunk_end and not request.content.at_eof():
                 continue  # the end of one HTTP chunk, not of the body
+            # The end. An empty body's reader is aiohttp's one shared
+            # EMPTY_PAYLOAD, which answers (b"", True) forever once any
+            # request has read it: without the at_eof check the second
+            # empty upload in a process spun the loop.
             break
         received += len(data)
         yield data

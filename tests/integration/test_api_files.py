@@ -55,6 +55,18 @@ async def test_raw_round_trip(gateway: Gateway, size: int) -> None:
     assert 'filename="report.pdf"' in resp.headers["Content-Disposition"]
 
 
+async def test_empty_uploads_one_after_another(gateway: Gateway) -> None:
+    """Every empty body in a process is read through the same shared reader
+    of aiohttp's, which reports the end differently once it has been read:
+    the second and third empty upload must end as the first did."""
+    for _ in range(3):
+        meta = await gateway.upload(b"")
+        assert meta["size"] == 0
+        resp = await gateway.get(meta["id"])
+        assert resp.status == 200
+        assert await resp.read() == b""
+
+
 async def test_upload_location_and_chunked_body(gateway: Gateway) -> None:
     data = os.urandom(200_000)
 
