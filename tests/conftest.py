@@ -21,6 +21,13 @@ pytest_plugins = ["tests.support.postgres", "tests.support.s3_fixtures"]
 METADATA_BACKENDS = ["sqlite", "postgresql"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The ``long`` variants run as long as they are asked to: no timeout."""
+    for item in items:
+        if item.get_closest_marker("long") is not None:
+            item.add_marker(pytest.mark.timeout(0))
+
+
 @pytest.fixture(params=METADATA_BACKENDS)
 def metadata_backend(request: pytest.FixtureRequest, tmp_path: Path) -> MetadataBackend:
     if request.param == "sqlite":
