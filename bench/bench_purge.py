@@ -84,7 +84,7 @@ def populate(settings: Settings, count: int, expires_at: float, kek_id: int) -> 
     blobs = settings.storage_dir / "blobs"
     for fid in fids:
         name = fid.hex()
-        shard = blobs / name[0:2] / name[2:4]
+        shard = blobs / name[0:2]
         shard.mkdir(parents=True, exist_ok=True)
         (shard / name).write_bytes(os.urandom(BLOB_SIZE))
     os.sync()  # as committed blobs are: unlinking unwritten ones would cost less

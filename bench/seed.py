@@ -3,7 +3,7 @@ so a purge pass has thousands of them to erase without thousands of
 uploads first. What is timed afterwards (the pass) is entirely real.
 
 Rows, wrapped keys and blobs are written as filestore lays them out (the
-``files`` and ``file_keys`` tables, ``storage/blobs/ab/cd/<hex>`` on local
+``files`` and ``file_keys`` tables, ``storage/blobs/ab/<hex>`` on local
 disk, ``<prefix><hex>`` in the bucket), under the KEK of a file uploaded
 through the API just before, with random bytes where filestore keeps
 sealed metadata and wrapped keys: the pass erases those, it never opens
@@ -63,7 +63,7 @@ async def seed(target: FilestoreTarget, count: int, expires_in: float) -> None:
             blobs = target.data_dir / "storage" / "blobs"
             body = os.urandom(BLOB_BYTES)
             for name in names:
-                shard = blobs / name[0:2] / name[2:4]
+                shard = blobs / name[0:2]
                 shard.mkdir(parents=True, exist_ok=True)
                 (shard / name).write_bytes(body)
         sealed = os.urandom(96)

@@ -2,15 +2,27 @@
 
 Layout under ``root`` (directories 0700, files 0600)::
 
-    blobs/<name[0:2]>/<name[2:4]>/<name>   committed blobs (two levels of 256
-                                           shards keep each directory small)
-    tmp/<name>.<random hex>.part           uploads in progress, or left by a crash
+    blobs/<name[0:2]>/<name>         committed blobs, in 256 shard directories
+                                     made (and fsync'd) when the store opens
+    tmp/<name>.<random hex>.part     uploads in progress, or left by a crash
+
+One level of 256 shards, made up front: a lazily made second level (65,536
+directories) cost a fresh store a ``mkdir`` and an extra directory fsync for
+nearly every small upload, and allocating an inode is the dearest step of a
+4 KiB upload on ext4 (a mkdir cost as much as the file's own create; 256
+shards of 390,000 names each still hold 100 million live files, and ext4's
+hashed directories look names up in a few blocks however many there are).
+A store written by a build with the two-level layout still reads, deletes
+and lists the blobs under ``blobs/<ab>/<cd>/``: each open removes those
+directories that are empty, and only while one is left does the store look
+there. Finding them costs a ``stat`` a shard (a directory's link count is 2
+plus its subdirectories on ext4, XFS, tmpfs and ZFS), and on a file system that
+does not count them (btrfs says 1), 256 ``rmdir`` attempts a shard.
 
 ``tmp`` sits on the same filesystem as ``blobs``, so publishing a blob is one
 atomic rename: a reader sees the old blob or the whole new one, never a prefix.
 Commit goes the litestream way (fsync the file, rename it into place, fsync the
-directory; parents of shard directories are fsync'd once per process), so a
-committed blob survives power loss. A crash before that leaves only a ``.part``
+directory), so a committed blob survives power loss. A crash before that leaves only a ``.part``
 file, which :meth:`LocalBlobStore.list_blobs` reports under its blob name and
 :meth:`LocalBlobStore.delete` removes together with the blob.
 
@@ -63,6 +75,7 @@ DELETE_CHUNK = 16
 _NAME = re.compile(r"[0-9a-f]{32}")
 _PART = re.compile(r"([0-9a-f]{32})\.[0-9a-f]+\.part")
 _SHARD = re.compile(r"[0-9a-f]{2}")
+_SHARD_NAMES = tuple(f"{i:02x}" for i in range(256))
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
@@ -123,18 +136,20 @@ def _unlink(path: Path) -> bool:
     return True
 
 
-def _open_blob(path: Path) -> int:
-    try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError as exc:
-        raise NotFound("no such blob") from exc
+def _open_blob(paths: Sequence[Path]) -> int:
+    """Open the first of ``paths`` that exists; NotFound if none does."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    raise NotFound("no such blob")
 
 
-def _stat_size(path: Path) -> int | None:
-    try:
-        return os.stat(path).st_size
-    except FileNotFoundError:
-        return None
+def _stat_size(paths: Sequence[Path]) -> int | None:
+    """Size of the first of ``paths`` that exists, or None."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            return os.stat(path).st_size
+    return None
 
 
 def _close_quietly(fd: int) -> None:
@@ -193,12 +208,14 @@ class LocalBlobStore:
         self._tmp = self._root / "tmp"
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="filestore-local")
         self._writers: set[_LocalWriter] = set()
-        self._durable_dirs: set[Path] = set()
+        #: Blobs may still sit in the two-level layout of earlier builds.
+        self._legacy = False
         self._closed = False
 
     @classmethod
     async def open(cls, root: Path, *, max_workers: int = 8) -> LocalBlobStore:
-        """Create ``root``, ``root/blobs`` and ``root/tmp`` (0700) if missing."""
+        """Create ``root``, ``root/blobs``, its shards and ``root/tmp`` (0700)
+        if missing, and remove the empty directories of the old layout."""
         store = cls(root, max_workers=max_workers)
         try:
             await store._run("prepare its directory", store._prepare)
@@ -221,7 +238,13 @@ class LocalBlobStore:
         return await _settle(what, self._submit(fn))
 
     def _path(self, name: str) -> Path:
-        return self._blobs / name[0:2] / name[2:4] / name
+        return self._blobs / name[0:2] / name
+
+    def _paths(self, name: str) -> tuple[Path, ...]:
+        """Where blob ``name`` may be: its path, and its legacy one if any."""
+        if self._legacy:
+            return (self._path(name), self._blobs / name[0:2] / name[2:4] / name)
+        return (self._path(name),)
 
     def _part_path(self, name: str) -> Path:
         """A fresh temporary name for a blob being written."""
@@ -234,14 +257,50 @@ class LocalBlobStore:
                 _fsync_dir(path.parent)
             if not path.is_dir():
                 raise NotADirectoryError(f"{path.name} is not a directory")
+        present = {entry.name for entry in _shards(self._blobs)}
+        for shard in _SHARD_NAMES:
+            if shard not in present:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(self._blobs / shard, _DIR_MODE)
+        # Always, not only when a shard was made here: a crash may have come
+        # between an earlier open's mkdir and its fsync.
+        _fsync_dir(self._blobs)
+        self._legacy = not self._prune_legacy(present)
 
-    def _make_durable_dir(self, path: Path) -> None:
-        """mkdir ``path`` if needed and fsync its parent, once per process."""
-        if path not in self._durable_dirs:
+    def _prune_legacy(self, shards: set[str]) -> bool:
+        """Remove the empty second-level directories of the two-level layout
+        under ``shards``; True if none is left. 256 ``rmdir`` calls at most a
+        shard, never a listing: a shard may already hold many new blobs."""
+        left = False
+        for shard in sorted(shards):
+            if os.stat(self._blobs / shard).st_nlink == 2:
+                continue  # no subdirectory at all
+            removed = False
+            for sub in _SHARD_NAMES:
+                try:
+                    os.rmdir(self._blobs / shard / sub)
+                except FileNotFoundError:
+                    continue
+                except OSError:  # not empty (or not a directory): blobs to keep reading
+                    left = True
+                else:
+                    removed = True
+            if removed:
+                _fsync_dir(self._blobs / shard)
+        return not left
+
+    def _rename_into(self, part: Path, final: Path) -> None:
+        """Rename ``part`` to ``final``; if its shard went missing under the
+        running store, make it again (and fsync ``blobs``) and retry once."""
+        try:
+            os.replace(part, final)
+        except FileNotFoundError:
+            if final.parent.is_dir():
+                raise  # the part file is what is gone
             with contextlib.suppress(FileExistsError):
-                os.mkdir(path, _DIR_MODE)
-            _fsync_dir(path.parent)
-            self._durable_dirs.add(path)
+                os.mkdir(final.parent, _DIR_MODE)
+            _fsync_dir(final.parent.parent)
+            os.replace(part, final)
 
     def _publish(self, fd: int, part: Path, final: Path) -> None:
         """fsync + close the part file, rename it to ``final``, fsync the shard."""
@@ -251,21 +310,18 @@ class LocalBlobStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            self._make_durable_dir(final.parent.parent)
-            self._make_durable_dir(final.parent)
-            os.replace(part, final)
+            self._rename_into(part, final)
             published = True
             _fsync_dir(final.parent)
         except BaseException:
-            self._durable_dirs.difference_update((final.parent, final.parent.parent))
             with contextlib.suppress(OSError):
                 os.unlink(final if published else part)
             raise
 
     def _remove_all(self, name: str) -> None:
-        path = self._path(name)
-        if _unlink(path):
-            _fsync_dir(path.parent)
+        for path in self._paths(name):
+            if _unlink(path):
+                _fsync_dir(path.parent)
         removed = False
         for entry in _scan(self._tmp):
             if entry.name.startswith(name + ".") and entry.name.endswith(".part"):
@@ -278,21 +334,21 @@ class LocalBlobStore:
         first, then one fsync per directory changed and one ``tmp`` scan for
         the whole batch, then a stat per name must find nothing. An fsync of
         a directory makes every earlier unlink in it durable, so one per
-        directory is as durable as one per file (with two shard levels most
-        blobs of a batch still have a directory of their own, and each fsync
-        waits for a device flush: hence several jobs side by side). A name
+        directory is as durable as one per file (a batch of a thousand still
+        touches most of the 256 shards, and each fsync waits for a device
+        flush: hence several jobs side by side). A name
         whose unlink, directory fsync or stat failed gets that error; the
         others are gone."""
         wanted = dict.fromkeys(names)
         outcome: dict[str, OSError | None] = dict.fromkeys(wanted)
         changed: dict[Path, list[str]] = {}
         for name in wanted:
-            path = self._path(name)
-            try:
-                if _unlink(path):
-                    changed.setdefault(path.parent, []).append(name)
-            except OSError as exc:
-                outcome[name] = exc
+            for path in self._paths(name):
+                try:
+                    if _unlink(path):
+                        changed.setdefault(path.parent, []).append(name)
+                except OSError as exc:
+                    outcome[name] = exc
         parts: list[str] = []
         for entry in _scan(self._tmp):
             match = _PART.fullmatch(entry.name)
@@ -313,7 +369,7 @@ class LocalBlobStore:
         for name in wanted:
             if outcome[name] is None:
                 try:
-                    if _stat_size(self._path(name)) is not None:
+                    if _stat_size(self._paths(name)) is not None:
                         outcome[name] = FileExistsError("the blob is still present")
                 except OSError as exc:
                     outcome[name] = exc
@@ -337,16 +393,25 @@ class LocalBlobStore:
             if match and (blob := _stored(match.group(1), entry)):
                 yield blob
         for top in _shards(self._blobs):
-            for sub in _shards(top.path):
-                for entry in _scan(sub.path):
-                    name = entry.name
+            for entry in _scan(top.path):
+                name = entry.name
+                if _NAME.fullmatch(name):
                     if (
-                        _NAME.fullmatch(name)
-                        and (name[0:2], name[2:4]) == (top.name, sub.name)
+                        name[0:2] == top.name
                         and entry.is_file(follow_symlinks=False)
                         and (blob := _stored(name, entry))
                     ):
                         yield blob
+                elif self._legacy and _SHARD.fullmatch(name) and entry.is_dir():
+                    for old in _scan(entry.path):
+                        legacy = old.name
+                        if (
+                            _NAME.fullmatch(legacy)
+                            and (legacy[0:2], legacy[2:4]) == (top.name, name)
+                            and old.is_file(follow_symlinks=False)
+                            and (blob := _stored(legacy, old))
+                        ):
+                            yield blob
 
     # ------------------------------------------------------------------ public
     async def create(self, name: str) -> BlobWriter:
@@ -413,7 +478,7 @@ class LocalBlobStore:
         _check_name(name)
         if offset < 0 or (length is not None and length < 0) or piece_size < 1:
             raise ValueError("offset and length must not be negative, piece_size positive")
-        opening = self._submit(functools.partial(_open_blob, self._path(name)))
+        opening = self._submit(functools.partial(_open_blob, self._paths(name)))
         try:
             fd = await _settle("open a blob", opening)
         except asyncio.CancelledError:
@@ -444,7 +509,7 @@ class LocalBlobStore:
     async def size(self, name: str) -> int | None:
         """Size of the committed blob, or None; partial uploads do not count."""
         _check_name(name)
-        return await self._run("stat a blob", functools.partial(_stat_size, self._path(name)))
+        return await self._run("stat a blob", functools.partial(_stat_size, self._paths(name)))
 
     async def exists(self, name: str) -> bool:
         """Whether a committed blob ``name`` exists (an error is not "no")."""

@@ -113,7 +113,7 @@ def text_id(hex_id: str) -> str:
 
 def blob_path(gw: Gateway, file_id: str) -> Path:
     name = ids.blob_name(ids.from_text(file_id))
-    path = gw.settings.storage_dir / "blobs" / name[:2] / name[2:4] / name
+    path = gw.settings.storage_dir / "blobs" / name[:2] / name
     assert path.is_file(), stored_files(gw)
     return path
 

@@ -310,7 +310,7 @@ async def test_local_name_that_cannot_be_unlinked_fails_alone(tmp_path: Path) ->
         doomed = names(6)
         for name in doomed:
             await put(store, name)
-        blocked = store.root / "blobs" / doomed[3][0:2] / doomed[3][2:4] / doomed[3]
+        blocked = store.root / "blobs" / doomed[3][0:2] / doomed[3]
         blocked.unlink()
         (blocked / "inside").mkdir(parents=True)
         outcome = await store.delete_many(doomed)
@@ -327,7 +327,7 @@ async def test_local_purge_holds_back_what_cannot_be_removed(tmp_path: Path) -> 
     async with open_services(settings, ManualClock()) as svc:
         made = await files_made(svc, 5)
         name = blob(made[1])
-        path = settings.storage_dir / "blobs" / name[0:2] / name[2:4] / name
+        path = settings.storage_dir / "blobs" / name[0:2] / name
         path.unlink()
         (path / "inside").mkdir(parents=True)
         report = await purge_pass(svc.metadata.files, svc.lifecycle.eraser)

@@ -109,9 +109,79 @@ async def _listed(store: LocalBlobStore) -> list[StoredBlob]:
 # ------------------------------------------------------------------- layout
 async def test_sharded_layout(store: LocalBlobStore) -> None:
     await _put(store, NAME, b"ciphertext")
-    path = store.root / "blobs" / "01" / "23" / NAME
+    path = store.root / "blobs" / "01" / NAME
     assert _files(store.root) == [path]
     assert path.read_bytes() == b"ciphertext"
+
+
+def _old_layout(root: Path, blobs: dict[str, bytes], empty: tuple[str, ...] = ()) -> None:
+    """A store as the two-level layout's builds left it: ``blobs/ab/cd/<name>``."""
+    (root / "tmp").mkdir(parents=True)
+    for name, data in blobs.items():
+        shard = root / "blobs" / name[0:2] / name[2:4]
+        shard.mkdir(parents=True, exist_ok=True)
+        (shard / name).write_bytes(data)
+    for shard in empty:
+        (root / "blobs" / shard).mkdir(parents=True)
+
+
+async def test_a_store_in_the_old_layout_is_read_listed_and_emptied(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    kept = "ab" * 16
+    _old_layout(root, {NAME: b"old blob", kept: b"kept"}, empty=("fe/dc", "01/99"))
+    store = await LocalBlobStore.open(root)
+    assert not (root / "blobs/fe/dc").exists()  # empty: removed when the store opened
+    assert not (root / "blobs/01/99").exists()
+    assert b"".join([p async for p in store.read(NAME, 4)]) == b"blob"
+    assert await store.size(NAME) == len(b"old blob")
+    await _put(store, OTHER, b"new blob")  # the same first shard, in the new layout
+    assert (root / "blobs/01" / OTHER).read_bytes() == b"new blob"
+    assert sorted(blob.name for blob in await _listed(store)) == sorted([NAME, OTHER, kept])
+    await store.delete(NAME)
+    assert await store.exists(NAME) is False
+    assert await store.delete_many([kept, OTHER]) == {kept: None, OTHER: None}
+    assert _files(root) == []
+    await store.close()
+    assert (root / "blobs/01/23").is_dir() and (root / "blobs/ab/ab").is_dir()
+    store = await LocalBlobStore.open(root)  # nothing left in the old layout: pruned
+    assert not (root / "blobs/01/23").exists() and not (root / "blobs/ab/ab").exists()
+    (root / "blobs/01/23").mkdir()  # from now on the store does not look there
+    (root / "blobs/01/23" / NAME).write_bytes(b"stray")
+    assert await store.exists(NAME) is False
+    assert await _listed(store) == []
+    await store.close()
+
+
+async def test_old_layout_found_where_directories_do_not_count_subdirectories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """btrfs gives every directory a link count of 1: the store must still
+    find the old layout's directories (by trying to remove them)."""
+    root = tmp_path / "store"
+    _old_layout(root, {NAME: b"old"}, empty=("fe/dc",))
+    real_stat = os.stat
+
+    def stat_like_btrfs(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        result = real_stat(path, *args, **kwargs)
+        if stat.S_ISDIR(result.st_mode):
+            fields = list(result)
+            fields[stat.ST_NLINK] = 1
+            return os.stat_result(fields)
+        return result
+
+    monkeypatch.setattr(os, "stat", stat_like_btrfs)
+    store = await LocalBlobStore.open(root)
+    assert not (root / "blobs/fe/dc").exists()
+    assert [blob.name for blob in await _listed(store)] == [NAME]
+    assert b"".join([p async for p in store.read(NAME)]) == b"old"
+    await store.close()
+
+
+async def test_a_shard_removed_under_the_store_is_made_again(store: LocalBlobStore) -> None:
+    shutil.rmtree(store.root / "blobs/01")
+    await _put(store, NAME, b"streamed")
+    await store.put(OTHER, b"small")
+    assert _files(store.root) == [store.root / "blobs/01" / n for n in sorted([OTHER, NAME])]
 
 
 async def test_modes(tmp_path: Path) -> None:
@@ -127,9 +197,10 @@ async def test_modes(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     root = tmp_path / "store"
-    for directory in (root, root / "blobs", root / "tmp", root / "blobs/01", root / "blobs/01/23"):
+    shards = [root / "blobs" / f"{i:02x}" for i in range(256)]
+    for directory in (root, root / "blobs", root / "tmp", *shards):
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
-    assert stat.S_IMODE((root / "blobs/01/23" / NAME).stat().st_mode) == 0o600
+    assert stat.S_IMODE((root / "blobs/01" / NAME).stat().st_mode) == 0o600
 
 
 async def test_commit_fsyncs_file_then_renames_then_fsyncs_directories(
@@ -149,21 +220,16 @@ async def test_commit_fsyncs_file_then_renames_then_fsyncs_directories(
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
     blobs = store.root / "blobs"
-    final = blobs / "01/23" / NAME
+    final = blobs / "01" / NAME
     writer = await store.create(NAME)
     await writer.write(b"data")
     [part] = _parts(store)
     await writer.commit()
-    assert events == [
+    assert events == [  # the shard was made and made durable when the store opened
         ("fsync", str(part)),
-        ("fsync", str(blobs)),  # blobs/01 was created
-        ("fsync", str(blobs / "01")),  # blobs/01/23 was created
         ("replace", str(final)),
-        ("fsync", str(blobs / "01/23")),
+        ("fsync", str(blobs / "01")),
     ]
-    events.clear()
-    await _put(store, OTHER, b"data")  # same shard: parents already durable
-    assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
 
 
 # ------------------------------------------------------------ names, misuse
@@ -195,7 +261,7 @@ async def test_commit_is_final(store: LocalBlobStore) -> None:
     await writer.write(b"kept")
     await writer.commit()
     await writer.abort()  # no-op after a commit that returned
-    assert (store.root / "blobs/01/23" / NAME).read_bytes() == b"kept"
+    assert (store.root / "blobs/01" / NAME).read_bytes() == b"kept"
     with pytest.raises(RuntimeError):
         await writer.write(b"more")
     with pytest.raises(RuntimeError):
@@ -236,9 +302,10 @@ async def test_list_skips_files_outside_the_layout(store: LocalBlobStore) -> Non
     blobs, tmp = store.root / "blobs", store.root / "tmp"
     (blobs / "zz").mkdir()
     (blobs / "zz" / "file").write_bytes(b"")
-    (blobs / "01/23/README").write_bytes(b"")
-    (blobs / "ff/ff").mkdir(parents=True)
-    (blobs / "ff/ff" / NAME).write_bytes(b"wrong shard")
+    (blobs / "01/README").write_bytes(b"")
+    (blobs / "ff" / NAME).write_bytes(b"wrong shard")
+    (blobs / "01/23").mkdir()  # the old layout's, made after this store opened
+    (blobs / "01/23" / OTHER).write_bytes(b"not looked for")
     (tmp / "check.0a.probe").write_bytes(b"")
     (tmp / f"{NAME}.part").write_bytes(b"")
     assert [blob.name for blob in await _listed(store)] == [NAME]
@@ -294,7 +361,7 @@ async def test_dropped_read_is_closed_by_the_loop(store: LocalBlobStore) -> None
 
 
 async def test_read_of_a_directory_is_storage_unavailable(store: LocalBlobStore) -> None:
-    (store.root / "blobs/01/23" / NAME).mkdir(parents=True)
+    (store.root / "blobs/01" / NAME).mkdir(parents=True)
     with pytest.raises(StorageUnavailable):
         await anext(store.read(NAME))
     assert _fds_under(store.root) == []
@@ -358,7 +425,7 @@ async def test_write_failure_surfaces_and_abort_cleans_up(
 async def test_commit_failure_leaves_nothing(
     store: LocalBlobStore, monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
-    shard = str(store.root / "blobs/01/23")
+    shard = str(store.root / "blobs/01")
     await _put(store, OTHER, b"makes the shard directory exist")
     if step == "replace":
         _fail_in_store(monkeypatch, "replace")
@@ -371,7 +438,7 @@ async def test_commit_failure_leaves_nothing(
     with pytest.raises(StorageUnavailable):
         await writer.commit()
     await writer.abort()
-    assert _files(store.root) == [store.root / "blobs/01/23" / OTHER]
+    assert _files(store.root) == [store.root / "blobs/01" / OTHER]
     assert _fds_under(store.root) == []
 
 
@@ -429,10 +496,11 @@ async def test_abort_after_an_interrupted_commit_removes_the_blob(
 
 # ------------------------------------------------------------------ threads
 async def test_blocking_calls_run_on_the_store_threads(
-    store: LocalBlobStore, monkeypatch: pytest.MonkeyPatch
+    store: LocalBlobStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    (tmp_path / "old/blobs/ab/cd").mkdir(parents=True)  # opening it prunes the old layout
     functions = ["open", "write", "pread", "fsync", "replace", "unlink", "stat", "scandir",
-                 "mkdir", "close"]  # fmt: skip
+                 "mkdir", "rmdir", "close"]  # fmt: skip
     threads: dict[str, set[str]] = {fn: set() for fn in functions}
     for fn in functions:
         real = getattr(os, fn)
@@ -451,6 +519,7 @@ async def test_blocking_calls_run_on_the_store_threads(
     writer = await store.create(OTHER)
     await writer.write(b"y")
     await writer.abort()
+    await (await LocalBlobStore.open(tmp_path / "old")).close()
     monkeypatch.undo()
     assert threading.current_thread() is threading.main_thread()
     for fn, names in threads.items():
