@@ -4,11 +4,12 @@ and decrypt only the chunks a range needs.
 Whether a file may be read is decided by :func:`filestore.metadata.rules.readable`,
 on the clock at each call. This module does the checks that need the blob
 itself: the stored length, the header, the key commitment, and the final
-chunk. Most broken files therefore get an error status up front. Damage in a
-middle chunk can only be found mid-stream, and then the caller has to abort
-the connection. Keys rotated by another process are picked up by reloading the
-keyring once. While a download runs, no bytes are sent after the expiry plus
-the download grace.
+chunk (every chunk, for a file small enough to be read whole:
+:data:`WHOLE_BLOB_MAX`). Most broken files therefore get an error status up
+front. Damage in a middle chunk of a larger file can only be found
+mid-stream, and then the caller has to abort the connection. Keys rotated by
+another process are picked up by reloading the keyring once. While a
+download runs, no bytes are sent after the expiry plus the download grace.
 """
 
 from __future__ import annotations
@@ -31,7 +32,14 @@ from filestore.crypto import (
 )
 from filestore.crypto.schedule import KekSource
 from filestore.crypto.wrapping import DekBinding
-from filestore.errors import Gone, IntegrityError, KeyDestroyed, KeyNotFound, StorageUnavailable
+from filestore.errors import (
+    Gone,
+    IntegrityError,
+    KeyDestroyed,
+    KeyNotFound,
+    NotFound,
+    StorageUnavailable,
+)
 from filestore.files_info import FileInfo
 from filestore.metadata import rules
 from filestore.metadata.base import FileKey, FileRecord, FileStore
@@ -40,6 +48,13 @@ from filestore.storage.base import BlobStore
 
 #: Decryption batches read from the store in one piece.
 READ_BATCHES = 4
+#: A blob no larger than this is read whole when the file is opened, in one
+#: trip to the store, and decrypted whole before the response starts: a
+#: small download was ten trips (a stat, then open, read and close for the
+#: header, the final chunk and the body), each a hand-over to a storage
+#: thread and back, and damage anywhere in a small file is now an error
+#: status rather than a body cut short.
+WHOLE_BLOB_MAX = 1 << 20
 
 
 class OpenFile:
@@ -56,6 +71,7 @@ class OpenFile:
         batch_chunks: int,
         clock: Clock,
         deadline: float,
+        plain: bytearray | None = None,
     ) -> None:
         self.info = info
         self._clock = clock
@@ -64,6 +80,8 @@ class OpenFile:
         self._decryptor = decryptor
         self._batch_chunks = batch_chunks
         self._name = ids.blob_name(info.id)
+        #: The whole plaintext, when :meth:`Reads.open` read the blob whole.
+        self._plain = plain
 
     async def plaintext(
         self, start: int = 0, end: int | None = None
@@ -114,6 +132,9 @@ class OpenFile:
         offset, length = chunk_span(size, first, last)
         index = first
         batch = self._batch_chunks * ENC_CHUNK_SIZE
+        if self._plain is not None:
+            yield self._plain[first * CHUNK_SIZE : (last + 1) * CHUNK_SIZE]
+            return
         reader = self._blobs.read(self._name, offset, length, piece_size=READ_BATCHES * batch)
         try:
             async for piece in reader:
@@ -197,22 +218,36 @@ class Reads:
     async def open(self, tenant: str, file_id: bytes) -> OpenFile:
         """Check a file end to end before anything is sent: visibility,
         expiry, download limit, blob length, header, key commitment and the
-        final chunk."""
+        final chunk; a blob of at most :data:`WHOLE_BLOB_MAX` is read in one
+        call and decrypted whole here."""
         record, _key, dek = await self.info(tenant, file_id)
         info = self._file_info(record, dek)
         name = ids.blob_name(file_id)
-        stored = await self.blobs.size(name)
-        if stored is None:
-            raise StorageUnavailable("the file's blob is missing from storage")
-        if stored != ciphertext_size(info.size):
-            raise IntegrityError()
-        prefix = await _read_all(self.blobs.read(name, 0, PREFIX_SIZE))
-        decryptor = Decryptor.open(dek, Header(record.kek_id, file_id), prefix)
-        last = info.size // CHUNK_SIZE
-        offset, length = chunk_span(info.size, last, last)
-        decryptor.decrypt_chunks(
-            last, await _read_all(self.blobs.read(name, offset, length)), info.size
-        )
+        expected = ciphertext_size(info.size)
+        header = Header(record.kek_id, file_id)
+        plain: bytearray | None = None
+        if expected <= WHOLE_BLOB_MAX:
+            try:
+                blob = await self.blobs.get(name, expected)
+            except NotFound:
+                raise StorageUnavailable("the file's blob is missing from storage") from None
+            if len(blob) != expected:
+                raise IntegrityError()
+            with memoryview(blob) as view:
+                decryptor = Decryptor.open(dek, header, view[:PREFIX_SIZE])
+                plain = decryptor.decrypt_chunks(0, view[PREFIX_SIZE:], info.size)
+        else:
+            stored = await self.blobs.size(name)
+            if stored is None:
+                raise StorageUnavailable("the file's blob is missing from storage")
+            if stored != expected:
+                raise IntegrityError()
+            prefix = await _read_all(self.blobs.read(name, 0, PREFIX_SIZE))
+            decryptor = Decryptor.open(dek, header, prefix)
+            last = info.size // CHUNK_SIZE
+            offset, length = chunk_span(info.size, last, last)
+            final = await _read_all(self.blobs.read(name, offset, length))
+            decryptor.decrypt_chunks(last, final, info.size)
         return OpenFile(
             info,
             self.blobs,
@@ -220,6 +255,7 @@ class Reads:
             self.settings.batch_size // CHUNK_SIZE,
             self.clock,
             record.expires_at + self.settings.download_grace,
+            plain,
         )
 
     async def record_download(self, file_id: bytes) -> int:

@@ -80,6 +80,14 @@ class BlobStore(Protocol):
         generator so the backend releases its handle at once.
         """
 
+    async def get(self, name: str, size: int) -> bytes:
+        """The whole of a small blob the caller expects to be ``size`` bytes,
+        in one trip to the medium (a download of a small file reads its blob
+        once, not a header, a final chunk and a body in separate trips).
+        Returns at most ``size + 1`` bytes, so a longer blob shows as longer
+        without being read whole. Raises NotFound if the blob does not exist.
+        """
+
     async def size(self, name: str) -> int | None:
         """The stored size in bytes, or None if there is no such blob."""
 

@@ -144,6 +144,19 @@ def _open_blob(paths: Sequence[Path]) -> int:
     raise NotFound("no such blob")
 
 
+def _read_whole(paths: Sequence[Path], limit: int) -> bytes:
+    """Up to ``limit`` bytes from the start of the first of ``paths`` found."""
+    fd = _open_blob(paths)
+    try:
+        pieces = []
+        while limit > 0 and (piece := os.read(fd, limit)):
+            pieces.append(piece)
+            limit -= len(piece)
+        return b"".join(pieces)
+    finally:
+        os.close(fd)
+
+
 def _stat_size(paths: Sequence[Path]) -> int | None:
     """Size of the first of ``paths`` that exists, or None."""
     for path in paths:
@@ -505,6 +518,14 @@ class LocalBlobStore:
                 _close_quietly(fd)
             else:
                 await _settle("close a blob", self._submit(after(job, lambda: os.close(fd))))
+
+    async def get(self, name: str, size: int) -> bytes:
+        """Open, read up to ``size + 1`` bytes and close in one thread job."""
+        _check_name(name)
+        if size < 0:
+            raise ValueError("size must not be negative")
+        job = functools.partial(_read_whole, self._paths(name), size + 1)
+        return await self._run("read a blob", job)
 
     async def size(self, name: str) -> int | None:
         """Size of the committed blob, or None; partial uploads do not count."""

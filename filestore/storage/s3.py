@@ -479,6 +479,22 @@ class S3BlobStore:
             finally:
                 await pieces.aclose()
 
+    async def get(self, name: str, size: int) -> bytes:
+        """One ranged ``GetObject`` of the first ``size + 1`` bytes, read and
+        closed in the same worker job."""
+        key = self._key(name)
+        if size < 0:
+            raise ValueError("size must not be negative")
+
+        def fetch() -> bytes:
+            body = self._open_body(key, f"bytes=0-{size}")
+            if body is None:  # an empty object: no range fits it
+                return b""
+            with contextlib.closing(body):
+                return bytes(body.read())
+
+        return await self._pool.run("read a blob", fetch)
+
     async def size(self, name: str) -> int | None:
         """Size of the current object (HEAD), or None; uploads do not count."""
         head = await self._pool.run("stat a blob", functools.partial(self._head, self._key(name)))

@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -443,6 +444,40 @@ async def test_truncated_blob_fails_before_headers(gateway: Gateway) -> None:
     (blob,) = gateway.blob_files()
     blob.write_bytes(blob.read_bytes()[:-16400])
     await assert_problem(await gateway.get(meta["id"]), 500, "integrity")
+
+
+@pytest.mark.parametrize("offset", [88 + 10, 88 + 16400 + 7, -3], ids=["first", "middle", "final"])
+async def test_small_file_damaged_anywhere_fails_before_headers(
+    gateway: Gateway, offset: int
+) -> None:
+    """A small file's blob is read and decrypted whole at open: damage in any
+    chunk, a middle one too, is a 500 before the response starts."""
+    meta = await gateway.upload(os.urandom(40_000))  # three chunks
+    (blob,) = gateway.blob_files()
+    _flip(blob, offset % blob.stat().st_size)
+    await assert_problem(await gateway.get(meta["id"]), 500, "integrity")
+
+
+async def test_small_download_reads_its_blob_once(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(70_000)
+    meta = await gateway.upload(data)
+    blobs = gateway.services.blobs
+    calls: list[str] = []
+    for method in ("get", "read", "size"):
+        real = getattr(blobs, method)
+
+        def spy(*args: Any, _real: Any = real, _method: str = method, **kwargs: Any) -> Any:
+            calls.append(_method)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(blobs, method, spy)
+    resp = await gateway.get(meta["id"])
+    assert resp.status == 200 and await resp.read() == data
+    ranged = await gateway.get(meta["id"], headers={"Range": "bytes=20000-20009"})
+    assert ranged.status == 206 and await ranged.read() == data[20000:20010]
+    assert calls == ["get", "get"]
 
 
 async def test_tampered_middle_chunk_aborts_the_body(gateway: Gateway) -> None:
