@@ -5,7 +5,7 @@ Whether a file may be read is decided by :func:`filestore.metadata.rules.readabl
 on the clock at each call. This module does the checks that need the blob
 itself: the stored length, the header, the key commitment, and the final
 chunk (every chunk, for a file small enough to be read whole:
-:data:`WHOLE_BLOB_MAX`). Most broken files therefore get an error status up
+:data:`WHOLE_FILE_MAX`). Most broken files therefore get an error status up
 front. Damage in a middle chunk of a larger file can only be found
 mid-stream, and then the caller has to abort the connection. Keys rotated by
 another process are picked up by reloading the keyring once. While a
@@ -48,13 +48,16 @@ from filestore.storage.base import BlobStore
 
 #: Decryption batches read from the store in one piece.
 READ_BATCHES = 4
-#: A blob no larger than this is read whole when the file is opened, in one
-#: trip to the store, and decrypted whole before the response starts: a
+#: A file of at most this many bytes of plaintext (the default upload batch:
+#: a file that arrived whole in its first batch) has its blob read whole when
+#: it is opened, in one trip to the store, and decrypted whole before the
+#: response starts. Its memory is less than a streamed download's read-ahead
+#: (:data:`READ_BATCHES` batches of ciphertext and one of plaintext). A
 #: small download was ten trips (a stat, then open, read and close for the
 #: header, the final chunk and the body), each a hand-over to a storage
 #: thread and back, and damage anywhere in a small file is now an error
 #: status rather than a body cut short.
-WHOLE_BLOB_MAX = 1 << 20
+WHOLE_FILE_MAX = 1 << 20
 
 
 class OpenFile:
@@ -218,15 +221,15 @@ class Reads:
     async def open(self, tenant: str, file_id: bytes) -> OpenFile:
         """Check a file end to end before anything is sent: visibility,
         expiry, download limit, blob length, header, key commitment and the
-        final chunk; a blob of at most :data:`WHOLE_BLOB_MAX` is read in one
-        call and decrypted whole here."""
+        final chunk; the blob of a file of at most :data:`WHOLE_FILE_MAX` bytes
+        is read in one call and decrypted whole here."""
         record, _key, dek = await self.info(tenant, file_id)
         info = self._file_info(record, dek)
         name = ids.blob_name(file_id)
         expected = ciphertext_size(info.size)
         header = Header(record.kek_id, file_id)
         plain: bytearray | None = None
-        if expected <= WHOLE_BLOB_MAX:
+        if info.size <= WHOLE_FILE_MAX:
             try:
                 blob = await self.blobs.get(name, expected)
             except NotFound:

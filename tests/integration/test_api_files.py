@@ -458,10 +458,11 @@ async def test_small_file_damaged_anywhere_fails_before_headers(
     await assert_problem(await gateway.get(meta["id"]), 500, "integrity")
 
 
+@pytest.mark.parametrize("size", [70_000, 1 << 20])
 async def test_small_download_reads_its_blob_once(
-    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch, size: int
 ) -> None:
-    data = os.urandom(70_000)
+    data = os.urandom(size)
     meta = await gateway.upload(data)
     blobs = gateway.services.blobs
     calls: list[str] = []
