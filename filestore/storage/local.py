@@ -22,9 +22,10 @@ does not count them (btrfs says 1), 256 ``rmdir`` attempts a shard.
 ``tmp`` sits on the same filesystem as ``blobs``, so publishing a blob is one
 atomic rename: a reader sees the old blob or the whole new one, never a prefix.
 Commit goes the litestream way (fsync the file, rename it into place, fsync the
-directory), so a committed blob survives power loss. A crash before that leaves only a ``.part``
-file, which :meth:`LocalBlobStore.list_blobs` reports under its blob name and
-:meth:`LocalBlobStore.delete` removes together with the blob.
+directory), so a committed blob survives power loss. A crash before that
+leaves only a ``.part`` file, which :meth:`LocalBlobStore.list_blobs` reports
+under its blob name and :meth:`LocalBlobStore.delete` removes together with
+the blob.
 
 Threads: every call that can block (open, write, fsync, rename, unlink, stat,
 scandir, pread, close) runs in the store's own bounded ``ThreadPoolExecutor``.
