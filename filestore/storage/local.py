@@ -200,6 +200,20 @@ def _shards(path: Path | str) -> Iterator[os.DirEntry[str]]:
             yield entry
 
 
+def _blobs_in(path: Path | str, prefix: str) -> Iterator[StoredBlob]:
+    """The blobs in one shard directory: files named as blobs that begin
+    with the shard's ``prefix``."""
+    for entry in _scan(path):
+        name = entry.name
+        if (
+            _NAME.fullmatch(name)
+            and name.startswith(prefix)
+            and entry.is_file(follow_symlinks=False)
+            and (blob := _stored(name, entry))
+        ):
+            yield blob
+
+
 def _take(walk: Iterator[StoredBlob], count: int) -> list[StoredBlob]:
     return list(itertools.islice(walk, count))
 
@@ -407,25 +421,10 @@ class LocalBlobStore:
             if match and (blob := _stored(match.group(1), entry)):
                 yield blob
         for top in _shards(self._blobs):
-            for entry in _scan(top.path):
-                name = entry.name
-                if _NAME.fullmatch(name):
-                    if (
-                        name[0:2] == top.name
-                        and entry.is_file(follow_symlinks=False)
-                        and (blob := _stored(name, entry))
-                    ):
-                        yield blob
-                elif self._legacy and _SHARD.fullmatch(name) and entry.is_dir():
-                    for old in _scan(entry.path):
-                        legacy = old.name
-                        if (
-                            _NAME.fullmatch(legacy)
-                            and (legacy[0:2], legacy[2:4]) == (top.name, name)
-                            and old.is_file(follow_symlinks=False)
-                            and (blob := _stored(legacy, old))
-                        ):
-                            yield blob
+            yield from _blobs_in(top.path, top.name)
+            if self._legacy:  # a second listing of the shard, only until it is pruned
+                for sub in _shards(top.path):
+                    yield from _blobs_in(sub.path, top.name + sub.name)
 
     # ------------------------------------------------------------------ public
     async def create(self, name: str) -> BlobWriter:
