@@ -27,12 +27,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, cast
 
@@ -118,6 +120,37 @@ class Database(Protocol):
 
 
 # ------------------------------------------------------------------- SQLite
+@dataclasses.dataclass(frozen=True)
+class _Write:
+    """A write waiting for its group commit, and where its outcome goes."""
+
+    fn: Callable[[sa.Connection], Any]
+    loop: asyncio.AbstractEventLoop
+    waiter: asyncio.Future[Any]
+
+
+def _deliver(group: list[_Write], outcomes: list[tuple[bool, Any]]) -> None:
+    """From the database thread: settle each write's future on its loop, in
+    one callback per loop for the whole group."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Write, tuple[bool, Any]]]] = {}
+    for write, outcome in zip(group, outcomes, strict=True):
+        by_loop.setdefault(write.loop, []).append((write, outcome))
+    for loop, settled in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+            loop.call_soon_threadsafe(_settle, settled)
+
+
+def _settle(settled: list[tuple[_Write, tuple[bool, Any]]]) -> None:
+    """On the loop: give each write its outcome (a cancelled caller's is dropped)."""
+    for write, (ok, value) in settled:
+        if write.waiter.done():
+            continue
+        if ok:
+            write.waiter.set_result(value)
+        else:
+            write.waiter.set_exception(value)
+
+
 class SQLiteDatabase(Database):
     """One file, one connection, one thread."""
 
@@ -137,10 +170,12 @@ class SQLiteDatabase(Database):
         )
         self._conn: sa.Connection | None = None
         self._closed = False
-        #: Writes waiting for the next group commit (see _drain_writes).
-        self._writes: collections.deque[
-            tuple[Callable[[sa.Connection], Any], Future[Any]]
-        ] = collections.deque()
+        #: Writes waiting for the next group commit (see _drain_writes), each
+        #: with the loop and future its caller awaits.
+        self._writes: collections.deque[_Write] = collections.deque()
+        #: Whether a drain is queued or running; it queues the next itself.
+        self._draining = False
+        self._drain_lock = threading.Lock()
         self._write_lock = _WriteLock(path.with_name(path.name + ".write-lock"))
         sa.event.listen(self.engine, "connect", self._on_connect)
         sa.event.listen(self.engine, "begin", _sqlite_begin)
@@ -220,42 +255,99 @@ class SQLiteDatabase(Database):
     async def _run_write(self, fn: Callable[[sa.Connection], T]) -> T:
         """Queue ``fn`` for the next group commit and wait for its outcome.
 
-        Every call also queues one drain on the database thread; the first
-        drain to run takes every write waiting by then, so a write is always
-        taken by its own drain or an earlier one, and later drains find the
-        queue empty and return at once.
+        Only a write that finds no drain queued or running queues one. A
+        drain takes every write waiting by then and, if more arrived while it
+        committed, queues the next drain behind whatever else waits for the
+        database thread, so a stream of writes does not starve the reads.
+        The outcomes of a group reach the loop in one callback. A group of N
+        writes thus costs the database thread one wake-up and the loop one;
+        a drain queued per write (most of them then finding the queue
+        already taken) cost N of each, and under concurrent small uploads
+        those hand-offs, not the SQL, were most of the thread's time.
         """
-        job: Future[Any] = Future()
-        self._writes.append((fn, job))
-        await self._call(self._drain_writes)
+        loop = asyncio.get_running_loop()
+        write = _Write(fn, loop, loop.create_future())
+        self._writes.append(write)
+        with self._drain_lock:
+            start, self._draining = not self._draining, True
+        if start:
+            try:
+                self._executor.submit(self._drain_writes)
+            except RuntimeError as exc:  # the executor is shut down: the store is closed
+                with self._drain_lock:
+                    self._draining = False
+                self._writes.remove(write)
+                raise MetadataUnavailable("the metadata store is closed") from exc
         try:
-            return cast(T, job.result(timeout=0))
+            return cast(T, await write.waiter)
         except _FAILURES as exc:
             raise _unavailable(exc) from exc
 
     def _drain_writes(self) -> None:
-        """Run the waiting writes in one transaction (group commit).
+        """Commit the waiting writes as one group, hand their outcomes to
+        their loops, and queue the next drain if more are waiting."""
+        group: list[_Write] = []
+        while self._writes and len(group) < GROUP_COMMIT_MAX:
+            group.append(self._writes.popleft())
+        try:
+            _deliver(group, self._commit_group(group))
+        finally:
+            with self._drain_lock:
+                again = self._draining = bool(self._writes)
+            if again:
+                try:
+                    self._executor.submit(self._drain_writes)
+                except RuntimeError:  # shutting down: what is left cannot run
+                    with self._drain_lock:
+                        self._draining = False
+                        left = list(self._writes)
+                        self._writes.clear()
+                    closed = MetadataUnavailable("the metadata store is closed")
+                    _deliver(left, [(False, closed)] * len(left))
+
+    def _commit_group(self, group: list[_Write]) -> list[tuple[bool, Any]]:
+        """Run ``group`` in one transaction (group commit): each write's
+        outcome, as (True, value) or (False, exception).
 
         A commit with ``synchronous=FULL`` costs an fsync of the WAL, and it
         is the same fsync for one write as for fifty: under concurrent
         uploads, writes queue up while one commit waits on the disk, and the
-        next commit makes all of them durable at once. Each write runs in a
-        savepoint, so one that raises is rolled back alone, as if it had had
-        its own transaction; the writes are applied in the order they were
-        queued, which is an order SQLite's single writer could have chosen.
-        If the commit itself fails, every write of the group fails with it.
+        next commit makes all of them durable at once. The writes run in the
+        order they were queued, an order SQLite's single writer could have
+        chosen. If the commit itself fails, every write of the group fails.
+
+        A write that raises must fail alone, as if it had had its own
+        transaction. The group first runs without savepoints: two statements
+        a write fewer, and each statement gives up the GIL and waits to take
+        it back from the loop, which was most of this thread's time under
+        concurrent small uploads. If a write raises, that whole attempt is
+        rolled back and the group runs again with a savepoint around each
+        write, rolling back only the one that fails. Running a write again
+        is safe because a write is a function of the connection alone.
         """
-        group: list[tuple[Callable[[sa.Connection], Any], Future[Any]]] = []
-        while self._writes and len(group) < GROUP_COMMIT_MAX:
-            group.append(self._writes.popleft())
-        if not group:
-            return
         conn = self._conn
         if conn is None:
-            for _fn, job in group:
-                job.set_exception(MetadataUnavailable("the metadata store is closed"))
-            return
+            return [(False, MetadataUnavailable("the metadata store is closed"))] * len(group)
         conn.info["write"] = True
+        values: list[Any] = []
+        try:
+            with self._write_lock, conn.begin() as transaction:
+                for write in group:
+                    try:
+                        values.append(write.fn(conn))
+                    except Exception as exc:
+                        if len(group) == 1:
+                            return [(False, exc)]
+                        transaction.rollback()
+                        break
+        except BaseException as exc:
+            return [(False, exc)] * len(group)
+        if len(values) == len(group):
+            return [(True, value) for value in values]
+        return self._commit_isolated(conn, group)
+
+    def _commit_isolated(self, conn: sa.Connection, group: list[_Write]) -> list[tuple[bool, Any]]:
+        """:meth:`_commit_group` again, each write in a savepoint of its own."""
         outcomes: list[tuple[bool, Any]] = []
         try:
             with self._write_lock, conn.begin():
@@ -263,13 +355,10 @@ class SQLiteDatabase(Database):
                 # transactions cost more than the statements they guard.
                 raw = conn.connection.dbapi_connection
                 assert raw is not None
-                for fn, _job in group:
-                    if len(group) == 1:
-                        outcomes.append((True, fn(conn)))
-                        break
+                for write in group:
                     raw.execute("SAVEPOINT group_write")
                     try:
-                        value = fn(conn)
+                        value = write.fn(conn)
                     except BaseException as exc:
                         raw.execute("ROLLBACK TO group_write")
                         raw.execute("RELEASE group_write")
@@ -278,14 +367,8 @@ class SQLiteDatabase(Database):
                         raw.execute("RELEASE group_write")
                         outcomes.append((True, value))
         except BaseException as exc:
-            for _fn, job in group:
-                job.set_exception(exc)
-            return
-        for (_fn, job), (ok, value) in zip(group, outcomes, strict=True):
-            if ok:
-                job.set_result(value)
-            else:
-                job.set_exception(value)
+            return [(False, exc)] * len(group)
+        return outcomes
 
     def lock_audit(self, conn: sa.Connection) -> None:
         """Nothing to do: every write transaction is BEGIN IMMEDIATE, which

@@ -19,13 +19,17 @@ there. Finding them costs a ``stat`` a shard (a directory's link count is 2
 plus its subdirectories on ext4, XFS, tmpfs and ZFS), and on a file system that
 does not count them (btrfs says 1), 256 ``rmdir`` attempts a shard.
 
-``tmp`` sits on the same filesystem as ``blobs``, so publishing a blob is one
-atomic rename: a reader sees the old blob or the whole new one, never a prefix.
-Commit goes the litestream way (fsync the file, rename it into place, fsync the
-directory), so a committed blob survives power loss. A crash before that
-leaves only a ``.part`` file, which :meth:`LocalBlobStore.list_blobs` reports
-under its blob name and :meth:`LocalBlobStore.delete` removes together with
-the blob.
+``tmp`` sits on the same filesystem as ``blobs``, so publishing a streamed
+blob is one atomic rename: a reader sees the old blob or the whole new one,
+never a prefix. Commit goes the litestream way (fsync the file, rename it into
+place, fsync the directory), so a committed blob survives power loss. A crash
+before that leaves only a ``.part`` file, which
+:meth:`LocalBlobStore.list_blobs` reports under its blob name and
+:meth:`LocalBlobStore.delete` removes together with the blob. A whole blob
+handed over at once (:meth:`LocalBlobStore.put`, a small upload) is written
+straight under its new name instead, in half the system calls; a crash
+part-way through leaves a blob that no row names, which the orphan sweep
+removes.
 
 Threads: every call that can block (open, write, fsync, rename, unlink, stat,
 scandir, pread, close) runs in the store's own bounded ``ThreadPoolExecutor``.
@@ -112,6 +116,33 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _remake_shard(shard: Path) -> bool:
+    """Make ``shard`` again if it went missing under the running store (and
+    fsync ``blobs``); False if it is there, so something else was missing."""
+    if shard.is_dir():
+        return False
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(shard, _DIR_MODE)
+    _fsync_dir(shard.parent)
+    return True
+
+
+def _create_synced(path: Path) -> int:
+    """A new file at ``path`` for synchronous writes, making its shard again
+    if it went missing; FileExistsError if ``path`` exists."""
+    try:
+        return os.open(path, _NEW_FILE | os.O_SYNC, _FILE_MODE)
+    except FileNotFoundError:
+        if not _remake_shard(path.parent):
+            raise
+        return os.open(path, _NEW_FILE | os.O_SYNC, _FILE_MODE)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def _write_all(fd: int, data: bytes | bytearray) -> None:
@@ -319,15 +350,12 @@ class LocalBlobStore:
 
     def _rename_into(self, part: Path, final: Path) -> None:
         """Rename ``part`` to ``final``; if its shard went missing under the
-        running store, make it again (and fsync ``blobs``) and retry once."""
+        running store, make it again and retry once."""
         try:
             os.replace(part, final)
         except FileNotFoundError:
-            if final.parent.is_dir():
+            if not _remake_shard(final.parent):
                 raise  # the part file is what is gone
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(final.parent, _DIR_MODE)
-            _fsync_dir(final.parent.parent)
             os.replace(part, final)
 
     def _publish(self, fd: int, part: Path, final: Path) -> None:
@@ -442,12 +470,24 @@ class LocalBlobStore:
         return writer
 
     async def put(self, name: str, data: bytes | bytearray) -> None:
-        """Open, write, fsync, rename and fsync the shard in one thread job:
-        for a small file, four trips of :meth:`create`/write/commit in one."""
+        """Write a whole blob in one thread job, straight under its name:
+        create it (``O_EXCL``), write it with ``O_SYNC`` (the write returns
+        once data and inode are on disk, the work of an fsync), close it and
+        fsync the shard. Four system calls where a ``.part`` file renamed
+        into place takes eight, and each of them gives up the GIL and waits
+        to take it back from the busy event loop: those hand-offs, not the
+        disk, were most of a small upload's cost in the store's threads.
+
+        The blob is visible under its name while it is written. That is safe
+        because nothing looks a blob up before ``put`` returns (the file's
+        row, which names it, is written after), and a crash part-way leaves
+        a blob no row claims, which the orphan sweep removes, as it removes
+        a crashed upload's ``.part``. A name that already exists is replaced
+        atomically instead (through a ``.part`` and a rename), since a reader
+        may be reading it."""
         _check_name(name)
-        part = self._part_path(name)
         final = self._path(name)
-        job = self._submit(functools.partial(self._put, part, final, data))
+        job = self._submit(functools.partial(self._put, final, data))
         try:
             await _settle("write a blob", job)
         except asyncio.CancelledError:
@@ -458,7 +498,25 @@ class LocalBlobStore:
                 await _settle("remove a blob", undo)
             raise
 
-    def _put(self, part: Path, final: Path, data: bytes | bytearray) -> None:
+    def _put(self, final: Path, data: bytes | bytearray) -> None:
+        try:
+            fd = _create_synced(final)
+        except FileExistsError:
+            self._replace(final, data)
+            return
+        try:
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+            _fsync_dir(final.parent)
+        except BaseException:
+            _unlink_quietly(final)
+            raise
+
+    def _replace(self, final: Path, data: bytes | bytearray) -> None:
+        """:meth:`put` over an existing blob: a ``.part`` renamed over it."""
+        part = self._part_path(final.name)
         fd = os.open(part, _NEW_FILE, _FILE_MODE)
         try:
             _write_all(fd, data)

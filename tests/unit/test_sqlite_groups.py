@@ -4,6 +4,7 @@ fsync), yet each succeeds or fails on its own."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 from pathlib import Path
 
@@ -81,3 +82,63 @@ async def test_a_write_after_close_is_refused(tmp_path: Path) -> None:
     await db.close()
     with pytest.raises(MetadataUnavailable):
         await db.run(lambda c: None)
+
+
+async def test_a_group_runs_each_write_once_in_one_commit(tmp_path: Path) -> None:
+    """No write of a group that succeeds is run twice (the savepoint-free
+    first attempt is the only one), and the whole group is one commit."""
+    db = await SQLiteDatabase.open(tmp_path / "g.db")
+    try:
+        await db.run(lambda c: c.exec_driver_sql("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
+        commits: list[None] = []
+        sa.event.listen(db.engine, "commit", lambda _conn: commits.append(None))
+        calls: collections.Counter[int] = collections.Counter()
+
+        def insert(k: int) -> object:
+            def fn(conn: sa.Connection) -> int:
+                calls[k] += 1
+                conn.exec_driver_sql(f"INSERT INTO t VALUES ({k})")
+                return k
+
+            return fn
+
+        results = await _queued_behind_a_blocker(db, [insert(k) for k in range(QUEUED)])
+        assert results == list(range(QUEUED))
+        assert calls == {k: 1 for k in range(QUEUED)}
+        assert len(commits) == 2  # the blocker's, then the group's
+    finally:
+        await db.close()
+
+
+async def test_a_read_waits_for_at_most_one_group(tmp_path: Path) -> None:
+    """Writes that keep arriving do not hold back a read: the drain that
+    takes them is queued behind the read, not ahead of it."""
+    db = await SQLiteDatabase.open(tmp_path / "g.db")
+    try:
+        await db.run(lambda c: c.exec_driver_sql("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
+        started, release = threading.Event(), threading.Event()
+
+        def blocker(conn: sa.Connection) -> None:
+            started.set()
+            release.wait(60)
+
+        first = asyncio.ensure_future(db.run(blocker))
+        assert await asyncio.to_thread(started.wait, 60)
+        writes = [
+            asyncio.ensure_future(
+                db.run(lambda c, k=k: c.exec_driver_sql(f"INSERT INTO t VALUES ({k})"))
+            )
+            for k in range(QUEUED)
+        ]
+        read = asyncio.ensure_future(
+            db.run(lambda c: c.exec_driver_sql("SELECT count(*) FROM t").scalar(), write=False)
+        )
+        await asyncio.sleep(0)
+        release.set()
+        await first
+        assert await read == 0  # it ran before the group queued ahead of it committed
+        await asyncio.gather(*writes)
+        count = await db.run(lambda c: c.exec_driver_sql("SELECT count(*) FROM t").scalar())
+        assert count == QUEUED
+    finally:
+        await db.close()
