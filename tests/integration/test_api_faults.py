@@ -348,7 +348,10 @@ async def test_unusable_tmp_dir_is_503_and_nothing_readable(
         tmp = gw.settings.storage_dir / "tmp"
         tmp.rmdir()
         tmp.write_bytes(b"not a directory")  # the medium is broken
-        resp = await gw.client.post("/v1/files", data=os.urandom(50_000), headers=auth)
+        # Streamed (more than a first batch): a file that arrives whole is
+        # written straight into its shard and never touches tmp.
+        body = os.urandom(2 * gw.settings.batch_size + 1)
+        resp = await gw.client.post("/v1/files", data=io.BytesIO(body), headers=auth)
         await assert_problem(resp, 503, "unavailable")
         assert_retry_after(resp.headers)
         ready = await gw.client.get("/readyz")
