@@ -25,7 +25,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from filestore import __version__, audit_cli, logs, status_link, workers
+from filestore import __version__, audit_cli, logs, loops, status_link, workers
 from filestore.api.access_log import AccessLogger
 from filestore.api.app import create_app
 from filestore.api.connections import GuardedSite
@@ -170,6 +170,7 @@ async def _serve(
 ) -> None:
     # Handlers first: a SIGTERM at any point after start-up is a clean stop.
     stop = _stop_on_signals()
+    log.debug("serving on the %s event loop (setting: %s)", loops.running(), settings.event_loop)
     instance = None if worker is None else worker.name
     async with open_services(settings, SystemClock(), instance) as services:
         # A worker's supervisor made the first key before starting any.
@@ -211,7 +212,11 @@ async def _serve(
             # time: the key step alone keeps its own timer.
             scheduler.start(keys_only=True)
         if worker is None:
-            print(f"filestore {__version__} listening on http://{settings.host}:{port}", flush=True)
+            print(
+                f"filestore {__version__} listening on http://{settings.host}:{port}"
+                f" ({loops.running()})",
+                flush=True,
+            )
         else:
             # The supervisor says "listening" once every worker does.
             workers.announce_ready(worker.ready_fd, worker.name)
@@ -330,8 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if args.command == "serve" and worker is not None:
             with contextlib.suppress(KeyboardInterrupt):
-                asyncio.run(
-                    _serve(settings, not args.no_scheduler, _Worker(worker, args.ready_fd))
+                loops.run(
+                    settings.event_loop,
+                    _serve(settings, not args.no_scheduler, _Worker(worker, args.ready_fd)),
                 )
         elif args.command == "serve" and settings.workers > 1:
             return workers.run(
@@ -342,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         elif args.command == "serve":
             with contextlib.suppress(KeyboardInterrupt):
-                asyncio.run(_serve(settings, not args.no_scheduler))
+                loops.run(settings.event_loop, _serve(settings, not args.no_scheduler))
         elif args.command == "purge":
             return asyncio.run(_purge(settings))
         elif args.command == "scheduler":

@@ -95,6 +95,13 @@ def _parse_log_format(text: str) -> str:
     return value
 
 
+def _parse_event_loop(text: str) -> str:
+    value = str(text).strip().lower()
+    if value not in ("auto", "uvloop", "asyncio"):
+        raise ValueError("expected auto, uvloop or asyncio")
+    return value
+
+
 def _parse_database_url(text: str) -> str:
     url = str(text).strip()
     if url and not url.startswith(_DATABASE_SCHEMES):
@@ -239,6 +246,9 @@ class Settings:
     #: "text" (one readable line per record, for a terminal) or "json" (one
     #: JSON object per line, with the access log's fields as keys).
     log_format: str = "text"
+    #: The server's event loop: "auto" (uvloop where installed), "uvloop"
+    #: (an error without it) or "asyncio" (the standard library's).
+    event_loop: str = "auto"
     #: A client that sends no body bytes for this long is cut off (408).
     read_timeout: float = 60.0
     #: A client must send a whole request head (request line and headers)
@@ -472,6 +482,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "audit_witnesses": _parse_witnesses,
     "log_level": _parse_level,
     "log_format": _parse_log_format,
+    "event_loop": _parse_event_loop,
     "read_timeout": parse_duration,
     "header_timeout": parse_duration,
     "keepalive_timeout": parse_duration,

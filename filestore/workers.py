@@ -47,7 +47,7 @@ import socket
 import sys
 from dataclasses import dataclass, field
 
-from filestore import __version__
+from filestore import __version__, loops
 from filestore.clock import SystemClock
 from filestore.config import Settings
 from filestore.errors import ConfigError
@@ -214,7 +214,8 @@ class Supervisor:
                         self._listening = True
                         print(
                             f"filestore {__version__} listening on "
-                            f"http://{self.settings.host}:{port} ({self.count} workers)",
+                            f"http://{self.settings.host}:{port} ({self.count} workers,"
+                            f" {loops.resolve(self.settings.event_loop)})",
                             flush=True,
                         )
                         await self._stop.wait()

@@ -8,11 +8,14 @@ binaries are missing). ``gateway`` is a running gateway on that backend.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
+from filestore import loops
 from tests.support.db import MetadataBackend
 from tests.support.gateway import Gateway, running_gateway
 
@@ -53,3 +56,14 @@ def metadata_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Metadata
 async def gateway(tmp_path: Path, metadata_backend: MetadataBackend) -> AsyncIterator[Gateway]:
     async with running_gateway(tmp_path, database_url=metadata_backend.url) as gw:
         yield gw
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every async test runs on the loop the server runs on
+    (:mod:`filestore.loops`: uvloop where installed);
+    ``FILESTORE_TEST_EVENT_LOOP=asyncio`` runs them on the standard one (CI
+    runs the HTTP suites that way too)."""
+    choice = os.environ.get("FILESTORE_TEST_EVENT_LOOP", "auto")
+    return {loops.resolve(choice): loops.factory(choice) or asyncio.new_event_loop}

@@ -22,9 +22,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start(tmp_path: Path, port: int) -> tuple[subprocess.Popen[str], list[str]]:
+def _start(
+    tmp_path: Path, port: int, **settings: str
+) -> tuple[subprocess.Popen[str], list[str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FILESTORE_")}
-    env.update(FILESTORE_PORT=str(port), FILESTORE_LOG_LEVEL="WARNING")
+    env.update(FILESTORE_PORT=str(port), FILESTORE_LOG_LEVEL="WARNING", **settings)
     proc = subprocess.Popen(
         [sys.executable, "-m", "filestore", "serve"],
         cwd=tmp_path,
@@ -153,3 +155,24 @@ def test_bad_setting_refuses_to_start(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "FILESTORE_MAX_TTL" in result.stderr
     assert not (tmp_path / "filestore-data").exists()
+
+
+@pytest.mark.parametrize("choice", ["auto", "asyncio"])
+def test_serve_runs_on_the_event_loop_it_is_given(tmp_path: Path, choice: str) -> None:
+    """uvloop by default where it is installed (a dependency on Linux), the
+    standard library's loop when asked; the first line says which loop is
+    running, read from the running loop itself, and both serve a request."""
+    from filestore import loops
+
+    port = _free_port()
+    proc, lines = _start(tmp_path, port, FILESTORE_EVENT_LOOP=choice)
+    try:
+        expected = loops.resolve(choice)
+        uvloop = choice == "auto" and loops.uvloop_available()
+        assert expected == ("uvloop" if uvloop else "asyncio")
+        [listening] = [line for line in lines if "listening on" in line]
+        assert listening.endswith(f"({expected})"), listening
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30) as resp:
+            assert resp.status == 200
+    finally:
+        _stop(proc)

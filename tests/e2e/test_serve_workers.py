@@ -133,7 +133,7 @@ async def test_two_workers_are_one_service(tmp_path: Path, database_url: str) ->
         assert re.fullmatch(r"gw-[0-9a-f]{8}-w1", names[0]), names
         assert names[1] == names[0][:-1] + "2"
         lines = server.instance.lines
-        assert any("listening on" in line and "(2 workers)" in line for line in lines)
+        assert any("listening on" in line and "(2 workers, " in line for line in lines)
 
         gate = asyncio.Semaphore(CONCURRENCY)
         async with aiohttp.ClientSession(
