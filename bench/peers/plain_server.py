@@ -1,8 +1,6 @@
 """The baseline a user would write with aiohttp: uploads written with plain
 blocking ``write`` calls as the body arrives, downloads served by
 ``web.FileResponse`` (sendfile). No encryption, no database, no checks.
-It runs on the event loop filestore runs on (uvloop where installed), so
-the loop is never the difference between them.
 
 With ``--fsync`` it is durable the way filestore is: the file is written
 under a temporary name, fsynced, renamed into place and its directory
@@ -15,14 +13,11 @@ cache, which is what most quick servers do.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import secrets
 from pathlib import Path
 
 from aiohttp import web
-
-from filestore import loops
 
 ROOT = web.AppKey("root", Path)
 DURABLE = web.AppKey("durable", bool)
@@ -86,22 +81,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--dir", type=Path, required=True)
     parser.add_argument("--fsync", action="store_true", help="durable before the 201")
-    parser.add_argument(
-        "--loop",
-        choices=loops.CHOICES,
-        default="auto",
-        help="event loop, as filestore's EVENT_LOOP: the same one filestore runs on by default",
-    )
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
-    new_loop = loops.factory(args.loop) or asyncio.new_event_loop
     web.run_app(
         make_app(args.dir, args.fsync),
         host="127.0.0.1",
         port=args.port,
         access_log=None,
         print=lambda *_: print("listening", flush=True),
-        loop=new_loop(),
     )
 
 
