@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -64,3 +65,46 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def thread_stats(pids: Iterable[int]) -> dict[tuple[int, int], tuple[float, int]]:
+    """(pid, thread id) → (CPU seconds, context switches, voluntary and not)
+    of every thread of ``pids`` still there. A thread whose id is its
+    process's is that process's main thread: an asyncio server's loop."""
+    out: dict[tuple[int, int], tuple[float, int]] = {}
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rpartition(")")[2]
+                status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+            except OSError:  # the thread ended meanwhile
+                continue
+            stat = fields.split()
+            switches = sum(
+                int(line.split()[1]) for line in status.splitlines() if "ctxt_switches:" in line
+            )
+            out[(pid, int(tid))] = ((int(stat[11]) + int(stat[12])) / CLK_TCK, switches)
+    return out
+
+
+def thread_split(
+    before: dict[tuple[int, int], tuple[float, int]],
+    after: dict[tuple[int, int], tuple[float, int]],
+) -> tuple[float, float, int]:
+    """Between two :func:`thread_stats` snapshots: CPU seconds of the main
+    threads, of all other threads, and context switches of all. A thread
+    that ended in between is left out; one that started counts from zero."""
+    main = other = 0.0
+    switches = 0
+    for (pid, tid), (cpu, count) in after.items():
+        cpu0, count0 = before.get((pid, tid), (0.0, 0))
+        if tid == pid:
+            main += cpu - cpu0
+        else:
+            other += cpu - cpu0
+        switches += count - count0
+    return main, other, switches

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench._proc import CLK_TCK, descendants
+from bench._proc import CLK_TCK, descendants, thread_split, thread_stats
 
 _PR_SET_PDEATHSIG = 1
 
@@ -94,6 +94,12 @@ class Sampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._cpu0 = 0.0
         self._pids: list[int] = []
+        self._threads0: dict[tuple[int, int], tuple[float, int]] = {}
+        #: CPU seconds of the tree's main threads (an asyncio server's loop),
+        #: of its other threads, and the context switches of all of them.
+        self.main_cpu = 0.0
+        self.other_cpu = 0.0
+        self.switches = 0
 
     def _run(self) -> None:
         n = 0
@@ -106,6 +112,7 @@ class Sampler:
     def __enter__(self) -> Sampler:
         self._pids = descendants(self.root)
         self._cpu0 = tree_cpu_seconds(self.root)
+        self._threads0 = thread_stats(self._pids)
         self.peak_rss = tree_rss_bytes(self.root, self._pids)
         self._thread.start()
         return self
@@ -115,6 +122,8 @@ class Sampler:
         self._thread.join(5)
         self.peak_rss = max(self.peak_rss, tree_rss_bytes(self.root))
         self.cpu = tree_cpu_seconds(self.root) - self._cpu0
+        threads = thread_stats(descendants(self.root))
+        self.main_cpu, self.other_cpu, self.switches = thread_split(self._threads0, threads)
 
 
 @dataclass

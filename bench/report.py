@@ -82,7 +82,17 @@ def markdown(
         out += ["## Throughput (MB/s, 10⁶ bytes/s)", "", *_table(head, rows), ""]
     small = [r for r in results.items if r.unit == "req/s"]
     if small:
-        head = ["target", "workload", "direction", "req/s", "p50 ms", "p99 ms", "server CPU µs/req"]
+        head = [
+            "target",
+            "workload",
+            "direction",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "server CPU µs/req",
+            "main thread µs/req",
+            "switches/req",
+        ]
         rows = [
             [
                 r.target,
@@ -92,6 +102,8 @@ def markdown(
                 _num(r.extra["p50_ms"], 1),
                 _num(r.extra["p99_ms"], 1),
                 _num(r.extra["cpu_us_per_request"]),
+                _num(r.extra.get("main_thread_cpu_us_per_request")),
+                _num(r.extra.get("switches_per_request"), 1),
             ]
             for r in small
         ]
@@ -100,7 +112,7 @@ def markdown(
         out += [
             f"## Small files ({count:,} requests, {conc} in flight)",
             "",
-            *_table(head, rows, "lllrrrr"),
+            *_table(head, rows, "lllrrrrrr"),
             "",
         ]
     res_rows = []

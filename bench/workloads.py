@@ -178,6 +178,18 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 @dataclass
+class _Phase:
+    """One timed phase of :class:`Small` (per request: CPU of the server's
+    tree, of its main threads alone, and context switches of its threads)."""
+
+    rate: float
+    latencies: list[float]
+    cpu_us: float
+    main_cpu_us: float
+    switches: float
+
+
+@dataclass
 class Small:
     """``count`` uploads of ``size`` bytes, ``concurrency`` in flight on
     keep-alive connections, then the same files downloaded."""
@@ -200,7 +212,7 @@ class Small:
         able = [t for t in targets if "small" in t.abilities]
         repeat = min(repeat, self.max_repeat or repeat)
         payload = Payload.make(self.size)
-        figures: dict[tuple[str, str], list[tuple[float, list[float], float]]] = {}
+        figures: dict[tuple[str, str], list[_Phase]] = {}
         with contextlib.ExitStack() as hooks:
             for t in able:
                 hooks.enter_context(hook(t, self.name))
@@ -208,18 +220,22 @@ class Small:
                 for direction, got in loop.run(self._once(target, payload)).items():
                     figures.setdefault((target.name, direction), []).append(got)
         for (name, direction), runs in figures.items():
-            latencies = [lat for _, lats, _ in runs for lat in lats]
+            latencies = [lat for run in runs for lat in run.latencies]
             results.add(
                 Result(
                     name,
                     self.name,
                     direction,
                     "req/s",
-                    [rate for rate, _, _ in runs],
+                    [run.rate for run in runs],
                     {
                         "p50_ms": _percentile(latencies, 0.50) * 1000,
                         "p99_ms": _percentile(latencies, 0.99) * 1000,
-                        "cpu_us_per_request": statistics.median(c for _, _, c in runs),
+                        "cpu_us_per_request": statistics.median(r.cpu_us for r in runs),
+                        "main_thread_cpu_us_per_request": statistics.median(
+                            r.main_cpu_us for r in runs
+                        ),
+                        "switches_per_request": statistics.median(r.switches for r in runs),
                         "requests": float(self.count),
                         "concurrency": float(self.concurrency),
                     },
@@ -228,7 +244,7 @@ class Small:
 
     async def _phase(
         self, target: Target, jobs: list[Callable[[], Any]]
-    ) -> tuple[float, list[float], float, list[Any]]:
+    ) -> tuple[_Phase, list[Any]]:
         latencies: list[float] = []
         out: list[Any] = [None] * len(jobs)
         queue = iter(range(len(jobs)))
@@ -243,12 +259,23 @@ class Small:
             start = time.perf_counter()
             await asyncio.gather(*(worker() for _ in range(self.concurrency)))
             elapsed = time.perf_counter() - start
-        cpu = sampler.cpu if sampler else 0.0
-        return len(jobs) / elapsed, latencies, cpu / len(jobs) * 1e6, out
+        n = len(jobs)
+        if sampler is None:
+            return _Phase(n / elapsed, latencies, 0.0, 0.0, 0.0), out
+        return (
+            _Phase(
+                n / elapsed,
+                latencies,
+                sampler.cpu / n * 1e6,
+                sampler.main_cpu / n * 1e6,
+                sampler.switches / n,
+            ),
+            out,
+        )
 
     async def _once(
         self, target: Target, payload: Payload
-    ) -> dict[str, tuple[float, list[float], float]]:
+    ) -> dict[str, _Phase]:
         async with _session(self.concurrency) as session:
             # Open the keep-alive connections before the clock starts.
             warm = await asyncio.gather(
@@ -260,16 +287,16 @@ class Small:
             def up() -> Any:
                 return target.upload(session, payload)
 
-            rate, lats, cpu, handles = await self._phase(target, [up] * self.count)
-            got: dict[str, tuple[float, list[float], float]] = {"upload": (rate, lats, cpu)}
+            uploads, handles = await self._phase(target, [up] * self.count)
+            got = {"upload": uploads}
 
             def fetch(handle: Any) -> Callable[[], Any]:
                 return lambda: target.download(session, handle)
 
-            rate, lats, cpu, sizes = await self._phase(target, [fetch(h) for h in handles])
+            downloads, sizes = await self._phase(target, [fetch(h) for h in handles])
             if any(size != payload.size for size in sizes):
                 raise RuntimeError(f"{target.name}: a small download came back short")
-            got["download"] = (rate, lats, cpu)
+            got["download"] = downloads
         # The files stay: a few MiB per round, gone with the run's directory.
         return got
 
