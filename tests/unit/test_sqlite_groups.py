@@ -17,11 +17,8 @@ from filestore.metadata.database import SQLiteDatabase
 QUEUED = 12
 
 
-async def _queued_behind_a_blocker(
-    db: SQLiteDatabase, writes: list[object]
-) -> list[object | BaseException]:
-    """Run ``writes`` as one group: a first write holds the database thread
-    until all of them are queued, so the next group takes them all."""
+async def _hold_the_thread(db: SQLiteDatabase) -> tuple[asyncio.Future[None], threading.Event]:
+    """Start a write that keeps the database thread busy until released."""
     started, release = threading.Event(), threading.Event()
 
     def blocker(conn: sa.Connection) -> None:
@@ -30,6 +27,15 @@ async def _queued_behind_a_blocker(
 
     first = asyncio.ensure_future(db.run(blocker))
     assert await asyncio.to_thread(started.wait, 60)
+    return first, release
+
+
+async def _queued_behind_a_blocker(
+    db: SQLiteDatabase, writes: list[object]
+) -> list[object | BaseException]:
+    """Run ``writes`` as one group: a first write holds the database thread
+    until all of them are queued, so the next group takes them all."""
+    first, release = await _hold_the_thread(db)
     pending = [asyncio.ensure_future(db.run(fn)) for fn in writes]  # type: ignore[arg-type]
     for _ in range(1000):
         if len(db._writes) == len(writes):
@@ -116,14 +122,7 @@ async def test_a_read_waits_for_at_most_one_group(tmp_path: Path) -> None:
     db = await SQLiteDatabase.open(tmp_path / "g.db")
     try:
         await db.run(lambda c: c.exec_driver_sql("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
-        started, release = threading.Event(), threading.Event()
-
-        def blocker(conn: sa.Connection) -> None:
-            started.set()
-            release.wait(60)
-
-        first = asyncio.ensure_future(db.run(blocker))
-        assert await asyncio.to_thread(started.wait, 60)
+        first, release = await _hold_the_thread(db)
         writes = [
             asyncio.ensure_future(
                 db.run(lambda c, k=k: c.exec_driver_sql(f"INSERT INTO t VALUES ({k})"))
