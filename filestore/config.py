@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from filestore import loops
 from filestore.audit.cosignature import parse_witness_key
 from filestore.audit.errors import AuditVerificationError
 from filestore.errors import ConfigError
@@ -97,8 +98,8 @@ def _parse_log_format(text: str) -> str:
 
 def _parse_event_loop(text: str) -> str:
     value = str(text).strip().lower()
-    if value not in ("auto", "uvloop", "asyncio"):
-        raise ValueError("expected auto, uvloop or asyncio")
+    if value not in loops.CHOICES:
+        raise ValueError("expected " + ", ".join(loops.CHOICES))
     return value
 
 
