@@ -62,8 +62,9 @@ RECLAIM_PAUSE = 0.05
 #: A VACUUM of the key table already done this recently serves the next
 #: caller too (a burst of DELETEs costs one, not one each).
 VACUUM_COALESCE = 1.0
-#: The most SQLite writes one commit takes (a bound on how long the writes
-#: of one group wait for each other, and on a group's transaction).
+#: The most writes one commit takes: SQLite's groups, PostgreSQL's batched
+#: inserts of new files (a bound on how long the writes of one group wait
+#: for each other, and on a group's transaction).
 GROUP_COMMIT_MAX = 64
 
 _FAILURES: tuple[type[BaseException], ...] = (

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from filestore.audit.entries import AuditEntry
 from filestore.audit.merkle import leaf_hash
@@ -40,7 +41,8 @@ from filestore.metadata.base import (
     ReclaimReport,
     Role,
 )
-from filestore.metadata.database import Database, open_database
+from filestore.metadata.batching import Coalescer
+from filestore.metadata.database import GROUP_COMMIT_MAX, Database, open_database
 from filestore.metadata.schema import (
     LEGACY_WRAP_SIZE,
     api_keys,
@@ -118,15 +120,50 @@ _ACTIVATE = (
     .where(files.c.id == sa.bindparam("file_id"), rules.state_is(FileState.UPLOADING))
     .values(state=str(FileState.ACTIVE), size=sa.bindparam("size"), sealed=sa.bindparam("sealed"))
 )
-_NEW_FILE = _INSERT_ACTIVE.returning(files.c.id).cte("new_file")
-#: PostgreSQL: the active row and its key row in one statement (a
-#: data-modifying WITH), so no transaction is needed around them.
-_INSERT_ACTIVE_WITH_KEY = file_keys.insert().from_select(
+#: The columns of a new active row and its key row, as
+#: :meth:`SQLFileStore.create_active` binds them.
+_ACTIVE_COLUMNS: dict[str, Any] = {
+    "id": sa.LargeBinary,
+    "tenant": sa.Text,
+    "kek_id": sa.BigInteger,
+    "created_at": sa.Float(53),
+    "expires_at": sa.Float(53),
+    "size": sa.BigInteger,
+    "sealed": sa.LargeBinary,
+    "max_downloads": sa.BigInteger,
+    "key_kek_id": sa.BigInteger,
+    "wrapped_dek": sa.LargeBinary,
+}
+
+
+def _active_batch() -> sa.TableValuedAlias:
+    """PostgreSQL: the rows of a batch, one array parameter a column."""
+    arrays = (sa.bindparam(name, type_=ARRAY(t)) for name, t in _ACTIVE_COLUMNS.items())
+    return sa.func.unnest(*arrays).table_valued(*_ACTIVE_COLUMNS).render_derived(name="batch")
+
+
+_BATCH = _active_batch()
+_NEW_FILES = (
+    files.insert()
+    .from_select(
+        [*_NEW_ROW, "state", "size", "sealed"],
+        sa.select(
+            *(_BATCH.c[name] for name in _NEW_ROW),
+            sa.literal(str(FileState.ACTIVE)),
+            _BATCH.c.size,
+            _BATCH.c.sealed,
+        ),
+    )
+    .returning(files.c.id)
+    .cte("new_files")
+)
+#: PostgreSQL: the active rows of a batch of uploads and their key rows in
+#: one statement (a data-modifying WITH over arrays: the same text whatever
+#: the batch's size, so asyncpg prepares it once), atomic on its own.
+_INSERT_ACTIVE_BATCH = file_keys.insert().from_select(
     ["file_id", "kek_id", "wrapped_dek"],
-    sa.select(
-        _NEW_FILE.c.id,
-        sa.bindparam("key_kek_id", type_=sa.BigInteger),
-        sa.bindparam("wrapped_dek", type_=sa.LargeBinary),
+    sa.select(_NEW_FILES.c.id, _BATCH.c.key_kek_id, _BATCH.c.wrapped_dek).select_from(
+        _NEW_FILES.join(_BATCH, _BATCH.c.id == _NEW_FILES.c.id)
     ),
 )
 _LOAD = (
@@ -322,6 +359,19 @@ def _grow_tree(conn: sa.Connection, size: int) -> None:
 class SQLFileStore(_Part):
     """:class:`~filestore.metadata.base.FileStore` on SQLAlchemy Core."""
 
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        #: PostgreSQL: the new files of uploads in flight together go in
+        #: one statement (see :mod:`filestore.metadata.batching`); SQLite's
+        #: database thread already commits its waiting writes as one.
+        self._actives: Coalescer[dict[str, Any]] = Coalescer(
+            self._insert_actives, limit=GROUP_COMMIT_MAX
+        )
+
+    async def _insert_actives(self, rows: Sequence[dict[str, Any]]) -> None:
+        params = {name: [row[name] for row in rows] for name in _ACTIVE_COLUMNS}
+        await self._db.run(lambda conn: conn.execute(_INSERT_ACTIVE_BATCH, params), single=True)
+
     async def create_upload(self, record: FileRecord, key: FileKey) -> None:
         def fn(conn: sa.Connection) -> None:
             conn.execute(
@@ -366,9 +416,10 @@ class SQLFileStore(_Part):
             "wrapped_dek": key.wrapped,
         }
         if self._db.dialect == "postgresql":
-            # Both rows in one statement, atomic on its own: one round trip
-            # in autocommit where a transaction would take four.
-            await self._db.run(lambda conn: conn.execute(_INSERT_ACTIVE_WITH_KEY, row), single=True)
+            # Both rows in one statement, atomic on its own (autocommit: one
+            # round trip where a transaction takes four), shared with the
+            # uploads that arrive meanwhile.
+            await self._actives.submit(row)
             return
 
         def fn(conn: sa.Connection) -> None:
@@ -429,9 +480,7 @@ class SQLFileStore(_Part):
     ) -> FileRecord | None:
         def fn(conn: sa.Connection) -> FileRecord | None:
             # A deletion already under way keeps the reason it started with.
-            keep = sa.case(
-                (rules.state_is(FileState.PURGING), files.c.delete_reason), else_=None
-            )
+            keep = sa.case((rules.state_is(FileState.PURGING), files.c.delete_reason), else_=None)
             row = conn.execute(
                 files.update()
                 .where(files.c.id == file_id, rules.may_lease(owner, now))

@@ -154,6 +154,40 @@ async def test_create_active_inserts_a_complete_file_and_its_key(store: Metadata
         await store.files.create_active(_record(), FileKey(rec.id, 1, b"w"))
 
 
+async def test_concurrent_creates_keep_their_own_outcomes(store: MetadataStore) -> None:
+    """Uploads finishing together (which PostgreSQL writes as one batch):
+    each new file is readable with its own key, and one whose id is taken
+    fails alone, leaving the file that holds the id as it was."""
+    taken = dataclasses.replace(_record(), state=FileState.ACTIVE, size=1, sealed=b"t")
+    await store.files.create_active(taken, FileKey(taken.id, 1, b"t" * 60))
+    records = [
+        dataclasses.replace(_record(), state=FileState.ACTIVE, size=n, sealed=bytes([n]) * 8)
+        for n in range(40)
+    ]
+    records[17] = dataclasses.replace(taken, size=99, sealed=b"other")
+    outcomes = await asyncio.gather(
+        *(
+            store.files.create_active(r, FileKey(r.id, 1, bytes([n]) * 60))
+            for n, r in enumerate(records)
+        ),
+        return_exceptions=True,
+    )
+    assert [n for n, o in enumerate(outcomes) if o is not None] == [17]
+    assert isinstance(outcomes[17], MetadataUnavailable)
+    for n, r in enumerate(records):
+        loaded = await store.files.load(r.id)
+        assert loaded is not None
+        row, key = loaded
+        if n == 17:
+            assert (row.size, row.sealed, key) == (1, b"t", FileKey(taken.id, 1, b"t" * 60))
+        else:
+            assert (row.size, row.sealed, key) == (
+                n,
+                bytes([n]) * 8,
+                FileKey(r.id, 1, bytes([n]) * 60),
+            )
+
+
 async def test_missing_file(store: MetadataStore) -> None:
     assert await store.files.load(secrets.token_bytes(16)) is None
 
@@ -435,9 +469,7 @@ async def test_files_wrapped_under_a_destroyed_kek_go_to_deletion(store: Metadat
 async def test_legacy_keys_are_found_and_replaced_only_if_unchanged(
     store: MetadataStore,
 ) -> None:
-    legacy = sorted(
-        [_record(tenant=f"t{n}") for n in range(3)], key=lambda r: r.id
-    )
+    legacy = sorted([_record(tenant=f"t{n}") for n in range(3)], key=lambda r: r.id)
     for rec in legacy:
         await store.files.create_upload(rec, FileKey(rec.id, 1, b"v1" * 30))
     current = _record()
