@@ -66,6 +66,7 @@ async def seed(target: FilestoreTarget, count: int, expires_in: float) -> None:
                 shard = blobs / name[0:2]
                 shard.mkdir(parents=True, exist_ok=True)
                 (shard / name).write_bytes(body)
+            os.sync()  # on disk, as committed blobs are, before the pass is timed
         sealed = os.urandom(96)
         wrapped = os.urandom(60)
         for start in range(0, count, ROWS_PER_INSERT):

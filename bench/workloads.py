@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import statistics
 import sys
 import time
@@ -79,12 +80,21 @@ def no_hook(_target: Target, _workload: str) -> contextlib.AbstractContextManage
     return contextlib.nullcontext()
 
 
-def rounds(targets: list[Target], repeat: int) -> Iterator[tuple[int, Target]]:
-    """(round, target) with the order rotated each round: A B C, B C A, ..."""
+def rounds(
+    targets: list[Target], repeat: int, settle: Callable[[], None] = os.sync
+) -> Iterator[tuple[int, Target]]:
+    """(round, target) with the order rotated each round: A B C, B C A, ...
+
+    ``settle`` (``sync``) runs before each, untimed: a target that does not
+    fsync (plain aiohttp, nginx, tus) leaves its writes to the kernel's
+    writeback, and without it that flush lands in whichever target runs
+    next, charging a durable server for another's deferred writes (seen as
+    one slow round in three in the large uploads and on PostgreSQL)."""
     for r in range(repeat):
         print(f"  round {r + 1}/{repeat}", file=sys.stderr, flush=True)
         shift = r % len(targets) if targets else 0
         for target in targets[shift:] + targets[:shift]:
+            settle()
             yield r, target
 
 

@@ -32,6 +32,14 @@ def test_rounds_alternate_and_rotate() -> None:
     assert order == list("abcbcacab")
 
 
+def test_rounds_settle_the_disk_before_each_run() -> None:
+    a, b = (AesCeiling(n, "", "ceiling") for n in "ab")
+    seen: list[str] = []
+    for _, t in rounds([a, b], 2, settle=lambda: seen.append("sync")):
+        seen.append(t.name)
+    assert seen == ["sync", "a", "sync", "b", "sync", "b", "sync", "a"]
+
+
 def test_payload_pieces_cover_the_size_exactly() -> None:
     payload = Payload(10_000, bytes(range(256)) * 16)  # a 4 KiB block, repeated
     pieces = list(payload.pieces(3000))
