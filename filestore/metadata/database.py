@@ -31,6 +31,7 @@ import dataclasses
 import fcntl
 import logging
 import os
+import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -177,7 +178,7 @@ class SQLiteDatabase(Database):
         #: Whether a drain is queued or running; it queues the next itself.
         self._draining = False
         self._drain_lock = threading.Lock()
-        self._write_lock = _WriteLock(path.with_name(path.name + ".write-lock"))
+        self._write_lock = _WriteLock(path.with_name(path.name + ".write-lock"), busy_timeout)
         sa.event.listen(self.engine, "connect", self._on_connect)
         sa.event.listen(self.engine, "begin", _sqlite_begin)
 
@@ -446,14 +447,27 @@ class _WriteLock:
     with two busy writers the one sleeping kept losing to the one that just
     committed, and uploads through ``serve --workers 2`` waited up to a
     second behind each other. A blocked ``flock`` is woken the moment the
-    holder releases it. It is held only by this process's database thread
-    for one transaction, which SQLite's ``busy_timeout`` still bounds when a
-    writer outside filestore holds the database. Opened when the store
-    opens; the descriptor is not inherited by child processes."""
+    holder releases it.
 
-    def __init__(self, path: Path) -> None:
+    The wait is bounded by ``timeout`` (the store's busy timeout), as
+    SQLite's own would be: a holder that never lets go (a process stopped
+    mid-transaction, a stuck disk) fails this process's writes with
+    "database is locked" (503) instead of hanging its database thread, and
+    with it every read queued behind. A blocking ``flock`` cannot time out,
+    so a contended wait happens on a description of the lock file of its
+    own (``flock`` locks belong to the open file description) in a daemon
+    thread, which the database thread waits for with a timeout; a grant
+    that comes after its waiter gave up is let go at once. Opened when the
+    store opens; the descriptors are not inherited by child processes."""
+
+    def __init__(self, path: Path, timeout: float) -> None:
         self.path = path
+        self.timeout = timeout
         self._fd: int | None = None
+        #: The descriptor holding the lock now: ``_fd``, or a waiter's.
+        self._held: int | None = None
+        self._waits: queue.SimpleQueue[_LockWait] = queue.SimpleQueue()
+        self._waiter: threading.Thread | None = None
 
     def open(self) -> None:
         if self._fd is None:
@@ -464,17 +478,84 @@ class _WriteLock:
         assert self._fd is not None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._held = self._fd
+            return
         except BlockingIOError:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            pass
+        # Read-only is enough for flock, and works if the directory turned
+        # read-only under the running store.
+        wait = _LockWait(os.open(self.path, os.O_RDONLY | os.O_CLOEXEC))
+        if self._waiter is None:
+            self._waiter = threading.Thread(
+                target=_wait_for_locks,
+                args=(self._waits,),
+                name="filestore-sqlite-lock",
+                daemon=True,  # may sit in a flock that never returns
+            )
+            self._waiter.start()
+        self._waits.put(wait)
+        if not wait.granted(self.timeout):
+            raise sqlite3.OperationalError("database is locked")
+        self._held = wait.fd
 
     def __exit__(self, *exc: object) -> None:
-        assert self._fd is not None
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        held, self._held = self._held, None
+        assert held is not None
+        fcntl.flock(held, fcntl.LOCK_UN)
+        if held != self._fd:
+            os.close(held)
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._waiter is not None:
+            self._waits.put(_LockWait(-1))  # ends the thread once it is free
+            self._waiter = None
+
+
+class _LockWait:
+    """One contended acquisition, between the database thread, which gives
+    up after its timeout, and the waiter thread, which may be granted the
+    lock after that and must then let it go. Whichever side is last owns
+    the descriptor and closes it (unless the lock was granted in time)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._state = threading.Lock()
+        self._done = threading.Event()
+        self._ok = False
+        self._abandoned = False
+
+    def wait(self) -> None:
+        """In the waiter thread: block until granted, or failed."""
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            ok = True
+        except OSError:
+            ok = False
+        with self._state:
+            if not self._abandoned:
+                self._ok = ok
+                self._done.set()
+                return
+        os.close(self.fd)  # granted too late (or failed): let it go at once
+
+    def granted(self, timeout: float) -> bool:
+        """In the database thread: whether the lock came within ``timeout``."""
+        self._done.wait(timeout)
+        with self._state:
+            if not self._done.is_set():
+                self._abandoned = True  # the waiter closes the descriptor
+                return False
+        if not self._ok:
+            os.close(self.fd)
+        return self._ok
+
+
+def _wait_for_locks(waits: queue.SimpleQueue[_LockWait]) -> None:
+    while (wait := waits.get()).fd >= 0:
+        wait.wait()
 
 
 @contextlib.contextmanager
@@ -590,9 +671,7 @@ class PostgresDatabase(Database):
                 # for one batch among many live keys — and then does not
                 # mark their space reusable, so erased key bytes would sit
                 # in the heap indefinitely (bench/bench_pg_residue.py).
-                await auto.exec_driver_sql(
-                    "VACUUM (INDEX_CLEANUP ON, SKIP_LOCKED) file_keys"
-                )
+                await auto.exec_driver_sql("VACUUM (INDEX_CLEANUP ON, SKIP_LOCKED) file_keys")
         except _FAILURES as exc:
             log.warning("could not vacuum file_keys (%s)", type(exc).__name__)
             return ReclaimReport(complete=False, blocked_by="vacuum_failed")
@@ -662,6 +741,7 @@ async def schema_revision(url: str, sqlite_path: Path) -> str | None:
     from filestore.metadata.migrate import current_revision
 
     if not url or url.startswith("sqlite"):
+
         def read() -> str | None:
             if not sqlite_path.exists():
                 return None

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import secrets
 import sqlite3
 from collections.abc import Iterator
@@ -153,6 +155,43 @@ async def test_unreachable_database_is_unavailable(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(MetadataUnavailable):
         await SQLMetadataStore.open(f"sqlite:///{tmp_path / 'file' / 'm.db'}")
+
+
+async def test_a_write_lock_never_let_go_fails_writes_after_the_busy_timeout(
+    tmp_path: Path,
+) -> None:
+    """Another process holding the write lock and never letting go (one
+    stopped mid-transaction) fails this store's writes as unavailable once
+    the busy timeout has passed, instead of hanging its database thread;
+    reads still answer. Once the holder lets go, writes go through again,
+    and the abandoned wait's late grant is let go rather than kept."""
+    path = tmp_path / "m.db"
+    store = await SQLMetadataStore.open(f"sqlite:///{path}")
+    try:
+        store.db._write_lock.timeout = 0.3  # type: ignore[attr-defined]
+        kept = _record(ttl=3600)
+        await store.files.create_upload(kept, FileKey(kept.id, 1, b"w" * 60))
+        holder = os.open(f"{path}.write-lock", os.O_RDONLY)
+        try:
+            fcntl.flock(holder, fcntl.LOCK_EX)  # a description of its own: another holder
+            blocked = _record()
+            async with asyncio.timeout(30):  # a hang guard, far above the 0.3 s
+                with pytest.raises(MetadataUnavailable):
+                    await store.files.create_upload(blocked, FileKey(blocked.id, 1, b"k" * 60))
+                assert await store.files.load(kept.id) is not None
+                assert await store.files.load(blocked.id) is None
+        finally:
+            os.close(holder)
+        again = _record()
+        await store.files.create_upload(again, FileKey(again.id, 1, b"a" * 60))
+        assert await store.files.load(again.id) is not None
+        probe = os.open(f"{path}.write-lock", os.O_RDONLY)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody kept it
+        finally:
+            os.close(probe)
+    finally:
+        await store.close()
 
 
 async def test_an_outside_reader_cannot_hold_the_purge_past_its_bound(tmp_path: Path) -> None:
