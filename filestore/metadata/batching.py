@@ -1,13 +1,14 @@
-"""Concurrent writes of one kind coalesced into one statement.
+"""Concurrent statements of one kind coalesced into one.
 
-On PostgreSQL every small upload ends in one insert of its two rows. Each
-insert is a round trip, a commit (a WAL flush) and a pass through
-SQLAlchemy's asyncio adapter and asyncpg on the event loop, and under 32
-uploads in flight that path cost the loop about as much again as the rest of
-the upload. A :class:`Coalescer` lets the inserts that arrive while one is on
-its way go together in the next: one statement, one commit, one round trip
-for the lot, and an upload that arrives alone goes at once, never waiting
-for company.
+On PostgreSQL every small upload ends in one insert of its two rows, and
+every download starts with one read of its row. Each is a round trip (an
+insert also a commit: a WAL flush) and a pass through SQLAlchemy's asyncio
+adapter and asyncpg on the event loop, and under 32 requests in flight that
+path cost the loop about as much again as the rest of the request. A
+:class:`Coalescer` lets the statements that arrive while one is on its way
+go together in the next: one statement, one round trip (and one commit) for
+the lot. A request that arrives alone goes at once, never waiting for
+company.
 
 Each caller keeps its own outcome. A batch is one statement, so it is
 written whole or not at all; when it fails, its items run again one by one,
@@ -29,21 +30,23 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclasses.dataclass(eq=False)
-class _Waiting(Generic[T]):
+class _Waiting(Generic[T, R]):
     item: T
-    done: asyncio.Future[None]
+    done: asyncio.Future[R]
 
 
-class Coalescer(Generic[T]):
+class Coalescer(Generic[T, R]):
     """Runs ``write(items)`` for whatever has queued, at most ``limit``
-    items a call and ``concurrency`` calls at once."""
+    items a call and ``concurrency`` calls at once; ``write`` returns one
+    result per item, in order."""
 
     def __init__(
         self,
-        write: Callable[[Sequence[T]], Awaitable[None]],
+        write: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
         *,
         limit: int = 64,
         concurrency: int = 2,
@@ -53,15 +56,15 @@ class Coalescer(Generic[T]):
         self._write = write
         self._limit = limit
         self._concurrency = concurrency
-        self._queue: collections.deque[_Waiting[T]] = collections.deque()
+        self._queue: collections.deque[_Waiting[T, R]] = collections.deque()
         self._running = 0
         #: The drains under way, held so they are not collected mid-run.
         self._drains: set[asyncio.Task[None]] = set()
 
-    async def submit(self, item: T) -> None:
-        """Write ``item`` with whatever else is waiting; return once it is
-        committed, or raise what writing it alone raised."""
-        waiting = _Waiting(item, asyncio.get_running_loop().create_future())
+    async def submit(self, item: T) -> R:
+        """Run ``item`` with whatever else is waiting; its result once the
+        batch is done (committed), or what running it alone raised."""
+        waiting: _Waiting[T, R] = _Waiting(item, asyncio.get_running_loop().create_future())
         self._queue.append(waiting)
         if self._running < self._concurrency:
             self._running += 1
@@ -69,7 +72,7 @@ class Coalescer(Generic[T]):
             self._drains.add(task)
             task.add_done_callback(self._drains.discard)
         try:
-            await asyncio.shield(waiting.done)
+            return await asyncio.shield(waiting.done)
         except asyncio.CancelledError:
             if waiting in self._queue:  # not taken yet: never written
                 self._queue.remove(waiting)
@@ -88,26 +91,26 @@ class Coalescer(Generic[T]):
         finally:
             self._running -= 1
 
-    async def _run(self, batch: list[_Waiting[T]]) -> None:
+    async def _run(self, batch: list[_Waiting[T, R]]) -> None:
         try:
-            await self._write([w.item for w in batch])
+            results = await self._write([w.item for w in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"{len(results)} results for {len(batch)} items")
         except asyncio.CancelledError:  # the drain itself, at shutdown
-            _settle(batch, asyncio.CancelledError())
+            _fail(batch, asyncio.CancelledError())
             raise
         except Exception as exc:
             if len(batch) == 1:
-                _settle(batch, exc)
+                _fail(batch, exc)
                 return
             await asyncio.gather(*(self._run([w]) for w in batch))
         else:
-            _settle(batch, None)
+            for w, result in zip(batch, results, strict=True):
+                if not w.done.done():
+                    w.done.set_result(result)
 
 
-def _settle(batch: list[_Waiting[T]], exc: BaseException | None) -> None:
+def _fail(batch: list[_Waiting[T, R]], exc: BaseException) -> None:
     for w in batch:
-        if w.done.done():
-            continue
-        if exc is None:
-            w.done.set_result(None)
-        else:
+        if not w.done.done():
             w.done.set_exception(exc)

@@ -171,6 +171,12 @@ _LOAD = (
     .select_from(files.outerjoin(file_keys, file_keys.c.file_id == files.c.id))
     .where(files.c.id == sa.bindparam("file_id"))
 )
+#: PostgreSQL: the rows of a batch of files read together.
+_LOAD_MANY = (
+    sa.select(*_FILE_COLUMNS, file_keys.c.kek_id, file_keys.c.wrapped_dek)
+    .select_from(files.outerjoin(file_keys, file_keys.c.file_id == files.c.id))
+    .where(files.c.id == sa.any_(sa.bindparam("ids", type_=ARRAY(sa.LargeBinary))))
+)
 _GET_KEY = sa.select(*_KEY_COLUMNS).where(api_keys.c.key_id == sa.bindparam("key_id"))
 #: One per purged file, so a pass of thousands runs it thousands of times.
 _APPEND_RECORD = audit_log.insert().values(
@@ -201,6 +207,17 @@ def _file(row: Sequence[Any]) -> FileRecord:
         lease_expires=None if lease is None else float(lease),
         purge_attempts=int(attempts),
     )
+
+
+#: What :meth:`SQLFileStore.load` returns: a file and its key, if any.
+_Loaded = tuple[FileRecord, FileKey | None] | None
+
+
+def _loaded(row: Sequence[Any]) -> tuple[FileRecord, FileKey | None]:
+    """A row of ``_LOAD``: the file's columns, then its key's (or NULLs)."""
+    kek_id, wrapped = row[_NCOLS:]
+    file_id = bytes(row[0])
+    return _file(row), None if kek_id is None else FileKey(file_id, int(kek_id), bytes(wrapped))
 
 
 def _api_key(row: Sequence[Any]) -> ApiKeyRecord:
@@ -362,15 +379,26 @@ class SQLFileStore(_Part):
     def __init__(self, db: Database) -> None:
         super().__init__(db)
         #: PostgreSQL: the new files of uploads in flight together go in
-        #: one statement (see :mod:`filestore.metadata.batching`); SQLite's
-        #: database thread already commits its waiting writes as one.
-        self._actives: Coalescer[dict[str, Any]] = Coalescer(
+        #: one statement, and so do the row reads of downloads (see
+        #: :mod:`filestore.metadata.batching`); SQLite's database thread
+        #: already commits its waiting writes as one, and its reads cost no
+        #: round trip.
+        self._actives: Coalescer[dict[str, Any], None] = Coalescer(
             self._insert_actives, limit=GROUP_COMMIT_MAX
         )
+        self._loads: Coalescer[bytes, _Loaded] = Coalescer(self._load_many, limit=GROUP_COMMIT_MAX)
 
-    async def _insert_actives(self, rows: Sequence[dict[str, Any]]) -> None:
+    async def _insert_actives(self, rows: Sequence[dict[str, Any]]) -> list[None]:
         params = {name: [row[name] for row in rows] for name in _ACTIVE_COLUMNS}
         await self._db.run(lambda conn: conn.execute(_INSERT_ACTIVE_BATCH, params), single=True)
+        return [None] * len(rows)
+
+    async def _load_many(self, file_ids: Sequence[bytes]) -> list[_Loaded]:
+        def fn(conn: sa.Connection) -> list[Sequence[Any]]:
+            return list(conn.execute(_LOAD_MANY, {"ids": list(dict.fromkeys(file_ids))}))
+
+        found = {bytes(row[0]): _loaded(row) for row in await self._read(fn)}
+        return [found.get(file_id) for file_id in file_ids]
 
     async def create_upload(self, record: FileRecord, key: FileKey) -> None:
         def fn(conn: sa.Connection) -> None:
@@ -445,16 +473,12 @@ class SQLFileStore(_Part):
         await self._db.reclaim()
 
     async def load(self, file_id: bytes) -> tuple[FileRecord, FileKey | None] | None:
-        def fn(conn: sa.Connection) -> tuple[FileRecord, FileKey | None] | None:
-            if self._db.dialect == "sqlite":  # every download reads it
-                row = _on_driver(conn, _LOAD, {"file_id": file_id})
-            else:
-                row = conn.execute(_LOAD, {"file_id": file_id}).first()
-            if row is None:
-                return None
-            kek_id, wrapped = row[_NCOLS:]
-            key = None if kek_id is None else FileKey(file_id, int(kek_id), bytes(wrapped))
-            return _file(row), key
+        if self._db.dialect == "postgresql":  # with the downloads starting meanwhile
+            return await self._loads.submit(file_id)
+
+        def fn(conn: sa.Connection) -> _Loaded:
+            row = _on_driver(conn, _LOAD, {"file_id": file_id})  # every download reads it
+            return None if row is None else _loaded(row)
 
         return await self._read(fn)
 

@@ -860,8 +860,13 @@ async def test_postgres_connections_terminated_then_recovers(
     async with running_gateway(tmp_path, database_url=pg_database_url) as gw:
         await gw.auth(role=Role.OPERATOR)
         meta = await gw.upload(b"kept")
-        # Several connections in the pool, so more than one is cut.
-        await asyncio.gather(*(gw.get(meta["id"]) for _ in range(4)))
+        # Several connections in the pool, so more than one is cut (held at
+        # once here: concurrent requests would share one batched read).
+        engine = gw.services.metadata.db.engine
+        async with contextlib.AsyncExitStack() as held:
+            for _ in range(4):
+                conn = await held.enter_async_context(engine.connect())
+                await conn.exec_driver_sql("SELECT 1")
         database = pg_database_url.rsplit("/", 1)[1]
         ended = await pg_scalar(
             postgres,

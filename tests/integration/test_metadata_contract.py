@@ -188,6 +188,31 @@ async def test_concurrent_creates_keep_their_own_outcomes(store: MetadataStore) 
             )
 
 
+async def test_concurrent_loads_each_get_their_own_file(store: MetadataStore) -> None:
+    """Downloads starting together (which PostgreSQL reads as one batch):
+    each gets its own file and key, the same id twice gets it twice, and an
+    unknown id gets nothing."""
+    records = [
+        dataclasses.replace(_record(), state=FileState.ACTIVE, size=n, sealed=bytes([n]) * 8)
+        for n in range(20)
+    ]
+    for n, r in enumerate(records):
+        await store.files.create_active(r, FileKey(r.id, 1, bytes([n]) * 60))
+    unknown = secrets.token_bytes(16)
+    wanted = [r.id for r in records] + [records[3].id, unknown]
+    loaded = await asyncio.gather(*(store.files.load(fid) for fid in wanted))
+    for n, got in enumerate(loaded[:20]):
+        assert got is not None
+        row, key = got
+        assert (row.id, row.size, key) == (
+            records[n].id,
+            n,
+            FileKey(records[n].id, 1, bytes([n]) * 60),
+        )
+    assert loaded[20] == loaded[3]
+    assert loaded[21] is None
+
+
 async def test_missing_file(store: MetadataStore) -> None:
     assert await store.files.load(secrets.token_bytes(16)) is None
 

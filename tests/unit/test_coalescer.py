@@ -1,6 +1,7 @@
-"""The coalescer that batches PostgreSQL's new-file inserts: what arrives
-while a write is on its way goes in the next one, each caller keeps its own
-outcome, and a cancelled caller never leaves a write behind it unknown."""
+"""The coalescer that batches PostgreSQL's new-file inserts and row reads:
+what arrives while a batch is on its way goes in the next one, each caller
+keeps its own result or error, and a cancelled caller never leaves a write
+behind it unknown."""
 
 from __future__ import annotations
 
@@ -23,16 +24,17 @@ class Store:
         self.gate.set()
         self.entered = asyncio.Event()
 
-    async def write(self, items: Sequence[int]) -> None:
+    async def write(self, items: Sequence[int]) -> list[int]:
         self.calls.append(list(items))
         self.entered.set()
         await self.gate.wait()
         if self.bad & set(items):  # one statement: all or nothing
             raise LookupError(f"refused {sorted(self.bad & set(items))}")
         self.written.extend(items)
+        return [n * 10 for n in items]
 
 
-async def _held(store: Store, coalescer: Coalescer[int], first: int) -> asyncio.Task[None]:
+async def _held(store: Store, coalescer: Coalescer[int, int], first: int) -> asyncio.Task[None]:
     """Submit ``first`` and return once its write is on its way, held."""
     store.gate.clear()
     task = asyncio.ensure_future(coalescer.submit(first))
@@ -42,7 +44,7 @@ async def _held(store: Store, coalescer: Coalescer[int], first: int) -> asyncio.
 
 async def test_a_lone_item_is_written_at_once() -> None:
     store = Store()
-    await Coalescer(store.write).submit(7)
+    assert await Coalescer(store.write).submit(7) == 70
     assert store.calls == [[7]]
 
 
@@ -53,7 +55,7 @@ async def test_items_arriving_meanwhile_go_in_one_write() -> None:
     rest = [asyncio.ensure_future(coalescer.submit(n)) for n in range(1, 11)]
     await asyncio.sleep(0)
     store.gate.set()
-    await asyncio.gather(first, *rest)
+    assert await asyncio.gather(first, *rest) == [n * 10 for n in range(11)]
     assert store.calls == [[0], list(range(1, 11))]
     assert sorted(store.written) == list(range(11))
 
@@ -81,8 +83,9 @@ async def test_a_failed_batch_is_rerun_one_by_one() -> None:
     await asyncio.sleep(0)
     store.gate.set()
     outcomes = await asyncio.gather(first, *rest, return_exceptions=True)
-    failed = [n for n, o in enumerate(outcomes) if o is not None]
+    failed = [n for n, o in enumerate(outcomes) if isinstance(o, BaseException)]
     assert failed == [5] and isinstance(outcomes[5], LookupError)
+    assert [o for n, o in enumerate(outcomes) if n != 5] == [n * 10 for n in range(9) if n != 5]
     assert sorted(store.written) == [0, 1, 2, 3, 4, 6, 7, 8]
     assert [len(c) for c in store.calls] == [1, 8, *[1] * 8]
 
@@ -116,8 +119,17 @@ async def test_cancelled_on_its_way_waits_for_the_outcome() -> None:
     assert store.written == [0]
 
 
+async def test_a_write_with_the_wrong_number_of_results_fails_its_items() -> None:
+    async def short(items: Sequence[int]) -> list[int]:
+        return list(items)[1:]
+
+    with pytest.raises(RuntimeError):
+        await Coalescer(short).submit(1)
+
+
 def test_bounds_are_checked() -> None:
-    async def write(items: Sequence[int]) -> None: ...
+    async def write(items: Sequence[int]) -> list[int]:
+        return list(items)
 
     with pytest.raises(ValueError):
         Coalescer(write, limit=0)

@@ -69,9 +69,7 @@ def upgrade() -> None:
         sa.Column("label", sa.Text, nullable=False, server_default=""),
         sa.Column("created_at", Time, nullable=False),
         sa.Column("revoked_at", Time),
-        sa.CheckConstraint(
-            "role IN ('client', 'operator', 'auditor')", name="api_keys_role_check"
-        ),
+        sa.CheckConstraint("role IN ('client', 'operator', 'auditor')", name="api_keys_role_check"),
     )
     op.create_table(
         "audit_log",
@@ -94,18 +92,12 @@ def upgrade() -> None:
     _partial("files_live_expiry", "files", ["expires_at"], "state <> 'purged'")
     _partial("files_uploading", "files", ["created_at"], "state = 'uploading'")
     _partial("files_purging", "files", ["lease_expires"], "state = 'purging'")
-    _partial(
-        "files_live_created", "files", ["created_at"], "state IN ('uploading', 'active')"
-    )
+    _partial("files_live_created", "files", ["created_at"], "state IN ('uploading', 'active')")
     op.create_index("file_keys_kek", "file_keys", ["kek_id"])
     op.create_index("audit_log_time", "audit_log", ["recorded_at"])
     op.create_index("audit_checkpoints_size", "audit_checkpoints", ["size"])
-    _partial(
-        "audit_log_one_per_file", "audit_log", ["file_id"], "event = 'file_deleted'", True
-    )
-    _partial(
-        "audit_log_one_per_kek", "audit_log", ["kek_id"], "event = 'kek_destroyed'", True
-    )
+    _partial("audit_log_one_per_file", "audit_log", ["file_id"], "event = 'file_deleted'", True)
+    _partial("audit_log_one_per_kek", "audit_log", ["kek_id"], "event = 'kek_destroyed'", True)
     # Insert-once keys (an update would leave the old key bytes behind, out
     # of crypto-erase's reach) and an append-only log, enforced by the
     # database itself, whoever writes to it.

@@ -33,4 +33,3 @@ def upgrade() -> None:
         sqlite_where=_LEGACY,
         postgresql_where=_LEGACY,
     )
-
