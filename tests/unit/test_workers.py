@@ -129,7 +129,7 @@ def test_a_worker_name_is_on_every_log_line(log_format: str) -> None:
 
 def _hold(path: str, held: Event, release: Event) -> None:
     """In another process: hold the write lock until told to let go."""
-    lock = _WriteLock(Path(path))
+    lock = _WriteLock(Path(path), timeout=60.0)
     with lock:
         held.set()
         release.wait(60)
