@@ -73,7 +73,12 @@ async def open_metadata(settings: Settings) -> MetadataStore:
 
 async def open_blobs(settings: Settings) -> BlobStore:
     if settings.storage == "local":
-        return await LocalBlobStore.open(settings.storage_dir)
+        store = await LocalBlobStore.open(settings.storage_dir)
+        log.debug(
+            "local blob store: small blobs written by %s",
+            "the C helper" if store.native else "Python (the C helper was not built)",
+        )
+        return store
     if settings.storage == "s3":
         # Imported here so boto3 (slow to import) loads only when it is used.
         from filestore.storage.s3 import S3BlobStore

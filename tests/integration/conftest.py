@@ -20,7 +20,9 @@ from filestore.storage.base import BlobStore
 from filestore.storage.local import LocalBlobStore
 from tests.support.seaweed import SeaweedServer
 
-BLOB_BACKENDS = ["local", "s3"]
+#: ``local`` writes small blobs with the C helper where it was built;
+#: ``local-python`` always with the store's Python path.
+BLOB_BACKENDS = ["local", "local-python", "s3"]
 
 
 @contextlib.asynccontextmanager
@@ -30,8 +32,9 @@ async def make_blob_store(
     """An opened, empty blob store of backend ``kind``; closed on exit.
     ``s3`` is the server and bucket for the ``s3`` backend."""
     store: BlobStore
-    if kind == "local":
-        store = await LocalBlobStore.open(tmp_path / "blobstore")
+    if kind in ("local", "local-python"):
+        native = None if kind == "local" else False
+        store = await LocalBlobStore.open(tmp_path / "blobstore", native=native)
     elif kind == "s3" and s3 is not None:
         from filestore.storage.s3 import S3BlobStore
 

@@ -5,8 +5,9 @@ Everything runs against a real gateway on a loopback port. Clients that
 misbehave at the TCP level speak raw HTTP/1.1 over ``asyncio.open_connection``.
 Storage faults are injected where the local store meets the kernel: the
 ``os`` module seen by :mod:`filestore.storage.local` is swapped for a proxy
-that raises ``OSError`` for chosen calls (:class:`FaultyOS`); the rest of the
-store is the real one. Every wait is bounded; no test sleeps for time to pass,
+that raises ``OSError`` for chosen calls (:class:`FaultyOS`), and small blobs
+take the store's Python path so that their calls go through it too; the
+rest of the store is the real one. Every wait is bounded; no test sleeps for time to pass,
 and the network timeout is exercised with a tiny ``read_timeout``.
 """
 
@@ -154,8 +155,12 @@ class FaultyOS:
 
 @pytest.fixture
 def faulty_os(monkeypatch: pytest.MonkeyPatch) -> FaultyOS:
+    """The proxy in place; stores opened from now on write whole blobs with
+    the Python path, whose calls go through it (the C helper's cannot be
+    intercepted: its own failure tests are in tests/unit/test_local_storage.py)."""
     fake = FaultyOS()
     monkeypatch.setattr(local_storage, "os", fake)
+    monkeypatch.setattr(local_storage, "NATIVE_WRITE", None)
     return fake
 
 
