@@ -85,4 +85,13 @@ def describe(data_dir: Path) -> dict[str, Any]:
         "nginx": nginx_version(),
         "node": node_version(),
         "git_commit": git_commit(),
+        # Whether the local store writes small blobs with its C helper (a
+        # build without a compiler uses the Python path, a fifth slower).
+        "filestore_native_write": native_write(),
     }
+
+
+def native_write() -> bool:
+    from filestore.storage import local
+
+    return local.NATIVE_WRITE is not None

@@ -63,7 +63,12 @@ def markdown(
         f"`{meta['command']}` · commit `{machine['git_commit'][:12]}` · "
         f"{machine['cpu_model']}, {machine['cores']} cores, kernel {machine['kernel']} · "
         f"load {meta['load_before']} → {meta['load_after']} · repeat {meta['repeat']} "
-        f"(medians; targets alternated run by run)",
+        f"(medians; targets alternated run by run)"
+        + (
+            " · small blobs written by Python (the C helper was not built)"
+            if machine.get("filestore_native_write") is False
+            else ""
+        ),
         "",
     ]
     names = [t.name for t in targets]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bench._proc import descendants
 from bench.procs import alive
+from filestore.storage import local
 
 REPO = Path(__file__).resolve().parents[2]
 #: Targets that need nothing beyond the dev extras (nginx: when installed).
@@ -56,6 +57,7 @@ def test_a_tiny_run_writes_every_output_and_stops_every_server(tmp_path: Path) -
     for key in ("cpu_model", "cores", "kernel", "disk_free_gib", "python", "git_commit"):
         assert doc["machine"][key] not in (None, ""), key
     assert doc["machine"]["packages"]["aiohttp"]
+    assert doc["machine"]["filestore_native_write"] is (local.NATIVE_WRITE is not None)
     assert len(doc["load_before"]) == len(doc["load_after"]) == 3
     ran = set(doc["targets"])
     # Every target either ran or says why not.

@@ -117,3 +117,7 @@ def test_the_report_has_a_row_per_target_and_the_goals() -> None:
         and "0.80\u00d7" in text
         and "**nginx**: skipped — not installed" in text
     )
+    assert "C helper" not in text  # not said: the machine did not say either way
+    meta["machine"] = {**meta["machine"], "filestore_native_write": False}
+    text = markdown(results, targets, {"nginx": "not installed"}, verdicts, meta)
+    assert "small blobs written by Python (the C helper was not built)" in text.splitlines()[2]
