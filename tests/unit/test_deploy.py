@@ -121,6 +121,23 @@ def test_dockerfile_is_python_slim_and_installs_the_project() -> None:
                 assert (ROOT / source).exists(), f"COPY {source}: not in the build context"
 
 
+def test_dockerfile_builds_the_c_helper_and_ships_no_compiler() -> None:
+    """The build stage has setup.py and gcc and fails without the helper
+    (pip would otherwise go on without it); the image that runs has neither
+    the compiler nor an apt-get of its own."""
+    instructions = dockerfile_instructions()
+    last_from = max(i for i, (w, _) in enumerate(instructions) if w == "FROM")
+    build, run = instructions[:last_from], instructions[last_from:]
+    copied = [s for w, a in build if w == "COPY" for s in shlex.split(a)[:-1]]
+    assert "setup.py" in copied
+    build_runs = " ".join(a for w, a in build if w == "RUN")
+    assert re.search(r"apt-get install .*\bgcc\b", build_runs)
+    check = "import filestore.storage._syncwrite"
+    assert check in build_runs
+    assert build_runs.index("pip install .") < build_runs.index(check)
+    assert not any("gcc" in a for w, a in run if w == "RUN")
+
+
 def test_dockerfile_runs_as_a_fixed_non_root_uid() -> None:
     users = dockerfile_args("USER")
     assert users, "no USER: the image would run as root"
