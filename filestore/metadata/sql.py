@@ -269,27 +269,6 @@ def _on_driver(
         cursor.close()
 
 
-@functools.cache
-def _sqlite_rows_text(stmt: sa.ClauseElement, count: int) -> str:
-    """``stmt``, a one-row ``INSERT … VALUES (…)``, as one of ``count`` rows."""
-    text, _, _ = _sqlite_text(stmt)
-    head, values = text.split(" VALUES ", 1)
-    return f"{head} VALUES {', '.join([values] * count)}"
-
-
-def _on_driver_rows(
-    conn: sa.Connection, stmt: sa.ClauseElement, rows: Sequence[dict[str, Any]]
-) -> None:
-    """:func:`_on_driver` for a one-row insert, run as one statement of all
-    ``rows``: SQLite steps it once (one release of the GIL, one pass of the
-    driver's execution) where it stepped it once a row."""
-    _, order, defaults = _sqlite_text(stmt)
-    raw = conn.connection.dbapi_connection
-    assert raw is not None
-    values = [row[n] if n in row else defaults[n] for row in rows for n in order]
-    raw.execute(_sqlite_rows_text(stmt, len(rows)), values).close()
-
-
 class _Part:
     """Shared plumbing of the three stores: one database."""
 
@@ -399,30 +378,19 @@ class SQLFileStore(_Part):
 
     def __init__(self, db: Database) -> None:
         super().__init__(db)
-        #: The new files of uploads in flight together go in one statement
-        #: (see :mod:`filestore.metadata.batching`): on PostgreSQL one round
-        #: trip, on SQLite one step of the database thread for all of them
-        #: (its commit groups already made them one commit). PostgreSQL's
-        #: row reads of downloads go together too; SQLite's cost no round
-        #: trip.
+        #: PostgreSQL: the new files of uploads in flight together go in
+        #: one statement, and so do the row reads of downloads (see
+        #: :mod:`filestore.metadata.batching`); SQLite's database thread
+        #: already commits its waiting writes as one, and its reads cost no
+        #: round trip.
         self._actives: Coalescer[dict[str, Any], None] = Coalescer(
             self._insert_actives, limit=GROUP_COMMIT_MAX
         )
         self._loads: Coalescer[bytes, _Loaded] = Coalescer(self._load_many, limit=GROUP_COMMIT_MAX)
 
     async def _insert_actives(self, rows: Sequence[dict[str, Any]]) -> list[None]:
-        if self._db.dialect == "postgresql":
-            params = {name: [row[name] for row in rows] for name in _ACTIVE_COLUMNS}
-            await self._db.run(
-                lambda conn: conn.execute(_INSERT_ACTIVE_BATCH, params), single=True
-            )
-            return [None] * len(rows)
-
-        def fn(conn: sa.Connection) -> None:
-            _on_driver_rows(conn, _INSERT_ACTIVE, rows)
-            _on_driver_rows(conn, _INSERT_KEY, [{"file_id": row["id"], **row} for row in rows])
-
-        await self._write(fn)
+        params = {name: [row[name] for row in rows] for name in _ACTIVE_COLUMNS}
+        await self._db.run(lambda conn: conn.execute(_INSERT_ACTIVE_BATCH, params), single=True)
         return [None] * len(rows)
 
     async def _load_many(self, file_ids: Sequence[bytes]) -> list[_Loaded]:
@@ -463,8 +431,6 @@ class SQLFileStore(_Part):
     async def create_active(self, record: FileRecord, key: FileKey) -> None:
         if record.state != FileState.ACTIVE or record.size is None or record.sealed is None:
             raise ValueError("create_active takes an active record with its size and sealed fields")
-        if key.file_id != record.id:
-            raise ValueError("create_active takes the record's own key")
         row = {
             "id": record.id,
             "tenant": record.tenant,
@@ -477,11 +443,18 @@ class SQLFileStore(_Part):
             "key_kek_id": key.kek_id,
             "wrapped_dek": key.wrapped,
         }
-        # Shared with the uploads that arrive meanwhile. On PostgreSQL both
-        # rows go in one statement, atomic on its own (autocommit: one round
-        # trip where a transaction takes four); on SQLite one statement a
-        # table, in one transaction.
-        await self._actives.submit(row)
+        if self._db.dialect == "postgresql":
+            # Both rows in one statement, atomic on its own (autocommit: one
+            # round trip where a transaction takes four), shared with the
+            # uploads that arrive meanwhile.
+            await self._actives.submit(row)
+            return
+
+        def fn(conn: sa.Connection) -> None:
+            _on_driver(conn, _INSERT_ACTIVE, row)
+            _on_driver(conn, _INSERT_KEY, {"file_id": key.file_id, **row})
+
+        await self._write(fn)
 
     async def discard_upload(self, file_id: bytes) -> None:
         def fn(conn: sa.Connection) -> None:

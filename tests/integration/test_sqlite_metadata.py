@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import fcntl
 import os
 import secrets
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -220,37 +218,3 @@ async def test_an_outside_reader_cannot_hold_the_purge_past_its_bound(tmp_path: 
         assert status["reclaim_blocked"] is None
         metrics = parse(await (await gw.client.get("/metrics")).text())
         assert metrics.value("filestore_reclaim_blocked") == 0
-
-
-async def test_uploads_finishing_together_are_one_insert_a_table(tmp_path: Path) -> None:
-    """While one batch of new files is being written, the uploads that
-    finish meanwhile queue and go as the next batch: one multi-row INSERT
-    into ``files`` and one into ``file_keys``, not one a file (counted with
-    SQLite's own trace of the statements it runs)."""
-    store = await SQLMetadataStore.open(f"sqlite:///{tmp_path / 'm.db'}")
-    inserts: list[str] = []
-
-    def trace(statement: str) -> None:
-        if statement.startswith(("INSERT INTO files ", "INSERT INTO file_keys ")):
-            inserts.append(statement.split(" (", 1)[0])
-
-    def install(conn: Any) -> None:
-        conn.connection.dbapi_connection.set_trace_callback(trace)
-
-    try:
-        await store.files._db.run(install, write=False)
-        records = [
-            dataclasses.replace(_record(), state=FileState.ACTIVE, size=n, sealed=b"s")
-            for n in range(30)
-        ]
-        await asyncio.gather(
-            *(store.files.create_active(r, FileKey(r.id, 1, b"k" * 60)) for r in records)
-        )
-        for r in records:
-            assert await store.files.load(r.id) is not None
-    finally:
-        await store.close()
-    # All 30 are queued before the first batch leaves, so they go together;
-    # whatever the scheduling, no more than a few batches, never one a file.
-    assert inserts.count("INSERT INTO files") == inserts.count("INSERT INTO file_keys")
-    assert 1 <= inserts.count("INSERT INTO files") <= 3, inserts
