@@ -305,7 +305,7 @@ class LocalBlobStore:
         was built (None)."""
         if native and NATIVE_WRITE is None:
             raise RuntimeError("the C helper filestore.storage._syncwrite was not built")
-        chosen = NATIVE_WRITE if native is None else (NATIVE_WRITE if native else None)
+        chosen = None if native is False else NATIVE_WRITE
         self._write_new: _WriteNew = chosen or _write_new
         #: Whether whole blobs go through the C helper.
         self.native = chosen is not None
