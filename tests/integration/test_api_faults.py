@@ -157,7 +157,7 @@ class FaultyOS:
 def faulty_os(monkeypatch: pytest.MonkeyPatch) -> FaultyOS:
     """The proxy in place; stores opened from now on write whole blobs with
     the Python path, whose calls go through it (the C helper's cannot be
-    intercepted: its own failure tests are in tests/unit/test_local_storage.py)."""
+    intercepted: its own failure tests are in tests/unit/test_syncwrite.py)."""
     fake = FaultyOS()
     monkeypatch.setattr(local_storage, "os", fake)
     monkeypatch.setattr(local_storage, "NATIVE_WRITE", None)
