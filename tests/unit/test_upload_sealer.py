@@ -10,7 +10,13 @@ import random
 import pytest
 
 from filestore.crypto import HEADER_SIZE, Encryptor, Header, decrypt, encrypt
-from filestore.uploads import PARALLEL_HASH_MIN, _BatchSealer
+from filestore.uploads import (
+    HASHLIB_GIL_MIN,
+    KEEP_GIL_BELOW,
+    PARALLEL_HASH_MIN,
+    _BatchSealer,
+    hash_keeping_gil,
+)
 
 DEK = bytes(range(32))
 HEADER = Header(3, bytes(range(16)))
@@ -20,6 +26,7 @@ HEADER = Header(3, bytes(range(16)))
     "batch_sizes",
     [
         [PARALLEL_HASH_MIN - 1, 1, 5000],  # inline hashing only
+        [4096, HASHLIB_GIL_MIN, KEEP_GIL_BELOW - 1, KEEP_GIL_BELOW, 3],  # in pieces, then whole
         [PARALLEL_HASH_MIN, 3 * PARALLEL_HASH_MIN + 17, PARALLEL_HASH_MIN + 1],  # threaded
         [PARALLEL_HASH_MIN + 9, 100, 2 * PARALLEL_HASH_MIN, 7],  # both, buffers shrink/grow
     ],
@@ -41,6 +48,29 @@ async def test_batches_make_the_one_shot_blob_and_digest(batch_sizes: list[int])
     assert await sealer.digest() == hashlib.sha256(plaintext).digest()
     assert blob == encrypt(DEK, HEADER, plaintext, salt=blob[HEADER_SIZE:56])
     assert decrypt(DEK, HEADER, blob) == plaintext
+
+
+@pytest.mark.parametrize(
+    "size",
+    [
+        0,
+        1,
+        HASHLIB_GIL_MIN - 2,
+        HASHLIB_GIL_MIN - 1,
+        HASHLIB_GIL_MIN,
+        4096,
+        2 * (HASHLIB_GIL_MIN - 1) + 1,
+        KEEP_GIL_BELOW - 1,
+        KEEP_GIL_BELOW,
+        KEEP_GIL_BELOW + 1,
+    ],
+)
+def test_hashing_in_pieces_gives_the_whole_digest(size: int) -> None:
+    data = bytearray(random.Random(size).randbytes(size))
+    digest = hashlib.sha256(b"before")
+    hash_keeping_gil(digest, data)
+    assert digest.hexdigest() == hashlib.sha256(b"before" + data).hexdigest()
+    assert data == random.Random(size).randbytes(size)  # left as it was
 
 
 async def test_a_result_stays_valid_until_the_call_after_next() -> None:
