@@ -58,9 +58,17 @@ class Payload:
             yield piece
 
     def body(self) -> Any:
-        """What aiohttp is given as ``data``: the bytes themselves when one
-        block holds them (no copy), else the stream."""
-        return self.block if self.size == len(self.block) else self.stream()
+        """What aiohttp is given as ``data``: the bytes themselves up to one
+        :data:`PIECE`, else the stream of pieces.
+
+        Not the whole block in one write: asyncio sends what the socket takes
+        and copies the rest into the transport's buffer, which it then sends
+        and shrinks piece by piece. Measured with ``getrusage`` around 64 MiB
+        uploads to the plain aiohttp server, that cost this process 1.6-2.1 s
+        of CPU a GiB (most of it system time) at 500-610 MB/s, against
+        0.2-0.4 s at 2,500-2,700 MB/s for the same bytes in 1 MiB writes:
+        CPU taken from the servers being measured, on the cores they share."""
+        return self.block if self.size <= PIECE else self.stream()
 
     def on_disk(self, directory: Path) -> Path:
         if self.path is None:
