@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
@@ -39,6 +40,7 @@ from filestore.crypto.schedule import KekSource
 from filestore.crypto.wrapping import DekBinding
 from filestore.errors import BadRequest, ChecksumMismatch, FilestoreError, TooLarge, Unavailable
 from filestore.files_info import FileInfo
+from filestore.lanes import Lane
 from filestore.metadata.base import FileKey, FileRecord, FileState, FileStore
 from filestore.storage.base import BlobStore
 
@@ -66,6 +68,9 @@ async def _shielded(aw: Awaitable[T]) -> T:
 #: encrypts them; below it the hand-over costs more than it saves.
 PARALLEL_HASH_MIN = 1 << 18
 _hashing = ThreadPoolExecutor(max_workers=4, thread_name_prefix="filestore-hash")
+#: Batches of one upload in the pipeline at once: one being sealed on the
+#: loop, the two before it still being hashed or written.
+DEPTH = 3
 
 #: ``hashlib`` gives the GIL up while it hashes a buffer of this many bytes or
 #: more (CPython's ``HASHLIB_GIL_MINSIZE``).
@@ -102,35 +107,40 @@ class _BatchSealer:
 
     SHA-256 costs about five times what AES-GCM does here. ``hashlib``
     releases the GIL once for the whole batch, so a large batch is hashed on
-    a worker thread. ``cryptography`` releases it on every AEAD call too,
-    but the format makes one call per 16 KiB chunk, and at that size two
-    threads sealing get almost no parallelism (twice the work takes 1.9 times
-    as long) while every call is a hand-over of the GIL: on a thread of its
-    own it only traded the GIL with the loop 64 times a MiB. It runs on the
-    loop instead, while the batch is being hashed: about 0.2 ms a MiB.
+    a worker thread, in a :class:`~filestore.lanes.Lane` of its own so that
+    the batches are hashed in order. ``cryptography`` releases it on every
+    AEAD call too, but the format makes one call per 16 KiB chunk, and at
+    that size two threads sealing get almost no parallelism (twice the work
+    takes 1.9 times as long) while every call is a hand-over of the GIL: on a
+    thread of its own it only traded the GIL with the loop 64 times a MiB.
+    It runs on the loop instead, while the batch is being hashed.
 
     The buffers are reused, since fresh megabytes per batch cost as much
-    system time in page faults as the writes themselves: one plaintext
-    buffer (a batch is copied in only once the previous one's hash is done,
-    which also keeps the digest in order) and two ciphertext buffers taken
-    in turn (the blob writer may still be writing the previous batch's
-    while this one is sealed; it holds at most one).
+    system time in page faults as the writes themselves. There are
+    :data:`DEPTH` of each, taken in turn: a plaintext buffer is filled again
+    only once its hash is done, and a ciphertext buffer three batches after
+    it was handed to the blob writer (which holds at most the last two).
+    So the loop can seal a batch while the two before it are still being
+    hashed and written, instead of waiting for each in turn.
     """
 
     def __init__(self, encryptor: Encryptor, digest: hashlib._Hash) -> None:
         self._encryptor = encryptor
         self._digest = digest
-        self._plain = bytearray()
-        self._sealed = (bytearray(), bytearray())
+        self._plain = [bytearray() for _ in range(DEPTH)]
+        self._sealed = [bytearray() for _ in range(DEPTH)]
+        self._hashes: list[asyncio.Future[None] | None] = [None] * DEPTH
         self._turn = 0
-        self._hash: asyncio.Future[None] | None = None
+        self._lane = Lane(_hashing)
 
     async def seal(self, pieces: list[bytes]) -> bytearray:
         """Encrypt ``pieces`` and start hashing them; the result is valid
-        until the call after next. :meth:`digest` waits for the hash."""
-        plain, out = self._plain, self._sealed[self._turn]
-        self._turn ^= 1
-        await self._wait()  # the previous batch's hash is still reading it
+        until the blob writer is done with it (see the class docstring).
+        :meth:`digest` waits for the hashes."""
+        turn = self._turn
+        self._turn = (turn + 1) % DEPTH
+        plain, out = self._plain[turn], self._sealed[turn]
+        await self._wait(turn)  # that buffer's hash may still be reading it
         total = sum(map(len, pieces))
         if len(plain) > total:
             del plain[total:]
@@ -142,29 +152,35 @@ class _BatchSealer:
                 view[pos : pos + len(piece)] = piece
                 pos += len(piece)
         if total < PARALLEL_HASH_MIN:
+            await self._wait_all()  # hashes go in order
             hash_keeping_gil(self._digest, plain)
         else:
-            loop = asyncio.get_running_loop()
-            self._hash = loop.run_in_executor(_hashing, self._digest.update, plain)
+            job = self._lane.submit(functools.partial(self._digest.update, plain))
+            self._hashes[turn] = asyncio.wrap_future(job)
         self._encryptor.update_into(plain, out)
         return out
 
-    async def _wait(self) -> None:
-        hashing, self._hash = self._hash, None
+    async def _wait(self, turn: int) -> None:
+        hashing, self._hashes[turn] = self._hashes[turn], None
         if hashing is not None:
             # Shielded: the worker is reading the buffer until it is done.
             await asyncio.shield(hashing)
 
+    async def _wait_all(self) -> None:
+        for turn in range(DEPTH):
+            await self._wait(turn)
+
     async def digest(self) -> bytes:
         """The SHA-256 of everything sealed, once its last hash is done."""
-        await self._wait()
+        await self._wait_all()
         return self._digest.digest()
 
     async def settle(self) -> None:
-        """Wait for a hash in flight, failing or cancelled (cleanup: the
+        """Wait for the hashes in flight, failing or cancelled (cleanup: the
         buffers must outlive the worker's reading)."""
-        with contextlib.suppress(BaseException):
-            await self._wait()
+        for turn in range(DEPTH):
+            with contextlib.suppress(BaseException):
+                await self._wait(turn)
 
 
 class _Stream:

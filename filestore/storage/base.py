@@ -25,9 +25,9 @@ class BlobWriter(Protocol):
     """One blob being written. Nothing is visible under the name until commit."""
 
     async def write(self, data: bytes | bytearray) -> None:
-        """Append ``data``. The writer may hold on to it until the next write
-        or commit without copying it: the caller hands it over and must not
-        change it afterwards."""
+        """Append ``data``. The writer may hold on to it without copying it
+        until two more writes or the commit have been called: the caller
+        hands it over and must not change it before then."""
 
     async def commit(self) -> None:
         """Make the blob durable and visible under its name.

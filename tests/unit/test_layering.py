@@ -183,6 +183,7 @@ LOWER_LAYERS = (
     "filestore.deletion",
     "filestore.erasure",
     "filestore.pipeline",
+    "filestore.lanes",
 )
 
 #: What ``filestore.client`` may reach in the repository: the audit library

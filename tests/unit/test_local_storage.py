@@ -409,7 +409,13 @@ async def test_write_failure_surfaces_and_abort_cleans_up(
     writer = await store.create(NAME)
     await writer.write(b"x" * 100)  # returns while the failing write is in flight
     with pytest.raises(StorageUnavailable) as info:
-        await (writer.write(b"more") if surfaces_at == "write" else writer.commit())
+        if surfaces_at == "write":
+            # Two writes may be in flight: the second one after the failing
+            # write waits for it, if the first did not already see it fail.
+            await writer.write(b"more")
+            await writer.write(b"again")
+        else:
+            await writer.commit()
     cause = info.value.__cause__
     assert isinstance(cause, OSError) and cause.errno == errno.ENOSPC
     with pytest.raises(StorageUnavailable):  # the failure sticks
@@ -454,12 +460,13 @@ async def test_abort_waits_for_the_write_in_flight(
         assert await asyncio.to_thread(entered.wait, 30)
         [part] = _parts(store)
         assert part.stat().st_size == 0
-        second = asyncio.create_task(writer.write(b"second"))
+        await writer.write(b"second")  # queued behind it
+        third = asyncio.create_task(writer.write(b"third"))
         await asyncio.sleep(0.05)
-        assert not second.done()  # it waits for the first write
-        second.cancel()
+        assert not third.done()  # two are in flight: it waits for the first
+        third.cancel()
         with pytest.raises(asyncio.CancelledError):
-            await second
+            await third
         with pytest.raises(StorageUnavailable):  # an interrupted write is a failure
             await writer.commit()
         aborting = asyncio.create_task(writer.abort())

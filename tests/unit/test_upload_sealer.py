@@ -4,13 +4,16 @@ one-shot encryption, whatever the batch sizes."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
+import threading
 
 import pytest
 
 from filestore.crypto import HEADER_SIZE, Encryptor, Header, decrypt, encrypt
 from filestore.uploads import (
+    DEPTH,
     HASHLIB_GIL_MIN,
     KEEP_GIL_BELOW,
     PARALLEL_HASH_MIN,
@@ -94,3 +97,65 @@ async def test_cleanup_waits_for_the_hash_in_flight() -> None:
     await sealer.settle()
     assert digest.digest() == hashlib.sha256(data).digest()  # the hash had finished
     await sealer.settle()  # nothing left in flight: a no-op
+
+
+class _GatedDigest:
+    """A SHA-256 whose updates wait for a gate: a hash still running."""
+
+    def __init__(self) -> None:
+        self.inner = hashlib.sha256()
+        self.gate = threading.Event()
+        self.started = threading.Semaphore(0)
+
+    def update(self, data: bytes | bytearray) -> None:
+        self.started.release()
+        assert self.gate.wait(30)
+        self.inner.update(data)
+
+    def digest(self) -> bytes:
+        return self.inner.digest()
+
+
+async def test_sealing_runs_ahead_of_the_hashes_and_keeps_what_the_writer_holds() -> None:
+    """While the hashes of the batches before are still running, a batch is
+    sealed without waiting, until a plaintext buffer whose hash is not done
+    would be reused; and a ciphertext handed out stays intact while the
+    writer may hold it (two more batches)."""
+    rng = random.Random(7)
+    batches = [rng.randbytes(PARALLEL_HASH_MIN + 16 * k) for k in range(DEPTH + 2)]
+    encryptor = Encryptor(DEK, HEADER)
+    digest = _GatedDigest()
+    sealer = _BatchSealer(encryptor, digest)  # type: ignore[arg-type]
+    sealed: list[bytearray] = []
+    copies: list[bytes] = []
+    for batch in batches[:DEPTH]:  # none of these hashes can finish
+        out = await asyncio.wait_for(sealer.seal([batch]), 30)
+        sealed.append(out)
+        copies.append(bytes(out))
+    blocked = asyncio.create_task(sealer.seal([batches[DEPTH]]))
+    await asyncio.sleep(0.05)
+    assert not blocked.done()  # its buffer is still being hashed
+    assert [bytes(s) for s in sealed] == copies
+    digest.gate.set()
+    sealed.append(await asyncio.wait_for(blocked, 30))
+    copies.append(bytes(sealed[-1]))
+    sealed.append(await sealer.seal([batches[DEPTH + 1]]))
+    copies.append(bytes(sealed[-1]))
+    # What the writer may still hold (the last two) is untouched.
+    assert [bytes(s) for s in sealed[-3:]] == copies[-3:]
+    assert await sealer.digest() == hashlib.sha256(b"".join(batches)).digest()
+    blob = encryptor.prefix() + b"".join(copies) + encryptor.finalize()
+    assert decrypt(DEK, HEADER, blob) == b"".join(batches)
+
+
+async def test_a_failed_hash_fails_the_digest_and_settle_waits() -> None:
+    class Broken(_GatedDigest):
+        def update(self, data: bytes | bytearray) -> None:
+            raise MemoryError("no room to hash")
+
+    sealer = _BatchSealer(Encryptor(DEK, HEADER), Broken())  # type: ignore[arg-type]
+    await sealer.seal([bytes(PARALLEL_HASH_MIN)])
+    await sealer.seal([bytes(PARALLEL_HASH_MIN)])  # refused by the lane, not hashed
+    with pytest.raises(MemoryError):
+        await sealer.digest()
+    await sealer.settle()  # nothing left in flight, and it never raises
